@@ -1,0 +1,33 @@
+# The two commands a user needs: `make demo` and `make test`. Both build .venv from nothing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= bst-runs/demo
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .[dev]
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	$(BIN)/ruff check bst_search tests benchmarks launch
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/bst-search demo --workdir $(DEMO_DIR)
+
+lint: venv
+	$(BIN)/ruff check bst_search tests benchmarks launch
+
+bench: venv
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_trial.py
+
+clean:
+	rm -rf $(VENV) bst-runs
