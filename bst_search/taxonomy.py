@@ -102,7 +102,7 @@ def decode(indices: Sequence[int] | np.ndarray) -> np.ndarray:
 def description_table() -> list[dict[str, object]]:
     """Rows of ``BST_description.csv`` as the official release lays it out."""
     rows: list[dict[str, object]] = []
-    for t, top in enumerate(TOP_LEVELS):
+    for top in TOP_LEVELS:
         rows.append({"class_key": top, "class_idx": CLASS_IDX[top], "class_key_long": TOP_NAMES[top],
                      "top_level": TOP_NAMES[top], "second_level": ""})
         for c in (c for c in CODES if top_of(c) == top):

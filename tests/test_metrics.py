@@ -19,7 +19,7 @@ def reference_prf(y_true, y_pred, lam=0.75, variant="official"):
     hps, hrs, hfs = [], [], []
     for c in [c for c in CODES if c in set(y_true)]:
         p_scores, r_scores = [], []
-        for p, t in zip(y_pred, y_true):
+        for p, t in zip(y_pred, y_true, strict=False):
             w = 1 if p == t else (lam if top(p) == top(t) else 0)
             inter = len({top(p), p} & {top(t), t})
             if p == c:
@@ -93,7 +93,7 @@ def test_per_class_values_are_bit_identical_to_reference():
         t = [CODES[i] for i in y]
         q = [CODES[i] for i in p]
         ps = [(1.0 if a == b else (0.75 * 1) / 2 if a.split("-")[0] == b.split("-")[0] else 0.0)
-              for a, b in zip(q, t) if a == CODES[c]]
+              for a, b in zip(q, t, strict=False) if a == CODES[c]]
         assert pc["hP"][c] == sum(ps) / len(ps)
 
 

@@ -1,0 +1,189 @@
+"""``bst-search`` command line: synth, data, trial, search, ensemble, score, demo.
+
+Heavy imports (torch, ray, mlflow) happen inside the subcommands so that ``--help`` and
+data-only commands start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``bst-search search`` and ``launch/search.py``."""
+    p.add_argument("--data", required=True, help="development dataset root (official layout)")
+    p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
+    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd=mix")
+    p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
+    p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, help="override the space's resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, help="override the space's resources.gpu")
+    p.add_argument("--workdir", default=os.environ.get("BST_WORKDIR", "bst-runs"),
+                   help="holds mlflow.db, mlartifacts/, optuna.db, tune/ and the feature cache")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the work dir)")
+    p.add_argument("--tune-storage", help="Ray Tune storage shared by all nodes (s3://... or NFS); "
+                   "default: $BST_TUNE_STORAGE, else <workdir>/tune")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite:///<workdir>/optuna.db)")
+    p.add_argument("--address", help="Ray address ('auto' on a running cluster); default: local Ray")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--scheduler", choices=("asha", "median", "none"),
+                   help="early stopping on per-fold results (default: the space's, else asha)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
+    p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
+
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from bst_search.synth import make_synthetic
+
+    t0 = time.perf_counter()
+    paths = make_synthetic(Path(args.out), n=args.n, crowd_n=args.crowd_n, eval_n=args.eval_n,
+                           seed=args.seed, progress=True, overwrite=args.overwrite)
+    print(f"synthetic BST data written in {time.perf_counter() - t0:.1f}s:")
+    for k, v in paths.items():
+        print(f"  {k:12s} {v}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from bst_search.data import load_dataset
+
+    ds = load_dataset(Path(args.data), missing=args.missing, progress=True)
+    print(f"{ds.name}: {len(ds.ids)} sounds ({'labelled' if ds.labelled else 'unlabelled'}), "
+          f"{ds.n_excluded} excluded (top-level-only or *-other), fingerprint {ds.fingerprint}")
+    for b, x in ds.features.items():
+        print(f"  {b:16s} dim {x.shape[1]}")
+    if ds.labelled:
+        import numpy as np
+
+        from bst_search.taxonomy import CODES
+        counts = np.bincount(ds.y, minlength=len(CODES))
+        print("  classes: " + " ".join(f"{c}={n}" for c, n in zip(CODES, counts, strict=True)))
+    return 0
+
+
+def _cmd_trial(args: argparse.Namespace) -> int:
+    from bst_search import config
+    from bst_search.data import load_dataset
+    from bst_search.trial import run_trial
+
+    cfg = config.load(args.config, args.set)
+    backbones = cfg["backbones"]
+    dev = load_dataset(Path(args.data), backbones=backbones, missing=args.missing, progress=True)
+    ev = (load_dataset(Path(args.eval_data), backbones=backbones, missing=args.missing, progress=True)
+          if args.eval_data else None)
+    crowd = (load_dataset(Path(args.crowd_data), backbones=backbones, missing=args.missing, progress=True)
+             if args.crowd_data else None)
+    print(f"trial {cfg['model']['name']} on {', '.join(backbones)}: {len(dev.ids)} sounds, "
+          f"{args.folds} folds -> {args.out}")
+    m = run_trial(cfg, dev, Path(args.out), eval_data=ev, crowd=crowd, n_folds=args.folds,
+                  device=args.device if args.device != "auto" else None, log=print)
+    print(f"OOF hF {m['oof_hF']:.4f} (official)  {m['oof_hF_strict']:.4f} (strict)  "
+          f"acc {m['oof_acc']:.4f}  top acc {m['oof_top_acc']:.4f}  "
+          f"folds {m['fold_hF_mean']:.4f} ± {m['fold_hF_std']:.4f}  wall {m['wall_seconds']:.1f}s")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from bst_search.search import run_search_from_args
+
+    return run_search_from_args(args)
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from bst_search.ensemble import main
+
+    return main(args.rest)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from bst_search.ensemble.submission import score_submission
+
+    res = score_submission(Path(args.submission), Path(args.labels))
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bst_search.demo import run_demo
+
+    return run_demo(Path(args.workdir), trials=args.trials)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bst-search", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic dataset in the official layout")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=11000)
+    s.add_argument("--crowd-n", type=int, default=0)
+    s.add_argument("--eval-n", type=int, default=3246)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("data", help="load, validate and cache a dataset; print a summary")
+    s.add_argument("--data", required=True)
+    s.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
+    s.set_defaults(func=_cmd_data)
+
+    s = sub.add_parser("trial", help="run one cross-validated trial")
+    s.add_argument("--data", required=True, help="development dataset root")
+    s.add_argument("--config", default="baseline_hatr", help="YAML file or preset name")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key (repeatable)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--eval-data")
+    s.add_argument("--crowd-data")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    s.set_defaults(func=_cmd_trial)
+
+    s = sub.add_parser("search", help="run a Ray Tune + Optuna sweep")
+    add_search_arguments(s)
+    s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("ensemble", help="greedy ensemble selection over an experiment's trials",
+                       add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_ensemble)
+
+    s = sub.add_parser("score", help="score a submission CSV against a label file (official metric)")
+    s.add_argument("--submission", required=True)
+    s.add_argument("--labels", required=True)
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")
+    s.add_argument("--workdir", default="bst-runs/demo")
+    s.add_argument("--trials", type=int, default=8)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bst_search.config import ConfigError
+    from bst_search.data import DataError
+    from bst_search.search_space import SpaceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, SpaceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

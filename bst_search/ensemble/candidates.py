@@ -1,0 +1,470 @@
+"""Ensemble candidates: the FINISHED trial runs of one experiment whose OOF can be combined.
+
+A candidate must predict the same development rows, under the same fold assignment, as all
+the others; anything else would make the averaged OOF meaningless (or leak). Every run that
+is left out is listed with its reason, so nothing disappears silently. Artifacts are fetched
+once into ``<workdir>/ensemble-cache/<run_id>/``: a FINISHED run's artifacts never change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
+
+KIND_TAG = "bst.kind"
+OOF_FILE = "oof.parquet"
+EVAL_FILE = "eval.parquet"
+CONFIG_FILE = "config.yaml"
+ARTIFACTS: tuple[str, ...] = (OOF_FILE, EVAL_FILE, CONFIG_FILE)
+SUM_TOLERANCE = 1e-3  # |row sum - 1| allowed in probability rows
+_MANIFEST = "manifest.json"
+
+
+class CandidateError(RuntimeError):
+    """No usable candidate set (unknown experiment, ambiguous fingerprints, nothing left)."""
+
+
+@dataclass
+class CandidateInfo:
+    """What the coordinator knows about one candidate run besides its predictions."""
+
+    run_id: str
+    trial_id: str
+    start_time: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    backbones_tag: list[str]
+    backbones_config: list[str] | None
+    eval_fp: str
+    has_eval: bool = False
+
+
+@dataclass
+class LeftOut:
+    run_id: str
+    trial_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "trial_id": self.trial_id, "reason": self.reason}
+
+
+@dataclass
+class CandidateSet:
+    """Aligned predictions of the accepted candidates (rows in the reference order)."""
+
+    infos: list[CandidateInfo]
+    proba: np.ndarray  # (C, N, 23) float32
+    labels: np.ndarray  # (N,) int64 taxonomy indices
+    folds: np.ndarray  # (N,) int64
+    sound_ids: np.ndarray  # (N,) str
+    left_out: list[LeftOut]
+    data_fp: str
+    fold_fp: str
+    eval_fp: str = ""
+    eval_proba: np.ndarray | None = None  # (C, M, 23) float32 when every candidate has eval
+    eval_ids: np.ndarray | None = None
+    eval_order: str = ""  # where the eval id order comes from
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# tracking and cache
+
+
+def fetch_artifacts(client: Any, run_id: str, cache_root: Path,
+                    tracking_uri: str) -> dict[str, Path | None]:
+    """Local paths of a run's artifacts, downloading them only on the first call.
+
+    The cache entry is written under a temporary name and renamed when complete, with a
+    manifest of which artifacts the run has, so a crash never leaves a half entry that
+    looks whole and a second invocation touches neither the store nor the network.
+    """
+    import mlflow.artifacts
+
+    entry = cache_root / run_id
+    manifest = entry / _MANIFEST
+    if manifest.is_file():
+        present = set(json.loads(manifest.read_text())["present"])
+        return {name: (entry / name if name in present else None) for name in ARTIFACTS}
+    cache_root.mkdir(parents=True, exist_ok=True)
+    names = {f.path for f in client.list_artifacts(run_id)}
+    tmp = cache_root / f".{run_id}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    present = []
+    for name in ARTIFACTS:
+        if name in names:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                dst_path=str(tmp), tracking_uri=tracking_uri)
+            present.append(name)
+    (tmp / _MANIFEST).write_text(json.dumps({"run_id": run_id, "present": present}))
+    shutil.rmtree(entry, ignore_errors=True)  # a half entry left by a crash
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another coordinator finished the same entry first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not manifest.is_file():
+            raise
+    return {name: (entry / name if name in present else None) for name in ARTIFACTS}
+
+
+def read_eval_ids(eval_root: str | os.PathLike[str]) -> np.ndarray:
+    """``anonymous_id`` of ``<eval_root>/metadata/<NAME>_metadata.csv``, in metadata order."""
+    meta = Path(eval_root) / "metadata"
+    files = sorted(meta.glob("*_metadata.csv"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{meta}: expected exactly one *_metadata.csv, found "
+                                f"{[f.name for f in files] or 'none'}")
+    frame = pd.read_csv(files[0], dtype=str, keep_default_na=False)
+    if "anonymous_id" not in frame.columns:
+        raise ValueError(f"{files[0]}: no anonymous_id column (columns: {list(frame.columns)})")
+    ids = frame["anonymous_id"].to_numpy(dtype=object)
+    dup = pd.Index(ids)[pd.Index(ids).duplicated()]
+    if len(dup):
+        raise ValueError(f"{files[0]}: {len(dup)} duplicated anonymous_id, e.g. {list(dup[:5])}")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# validation of one prediction table
+
+
+def _ids_hash(ids: np.ndarray) -> str:
+    return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
+def _first(values: Sequence[object] | np.ndarray | pd.Index, k: int = 5) -> str:
+    return ", ".join(map(str, list(values)[:k]))
+
+
+def _check_proba(frame: pd.DataFrame, what: str) -> str | None:
+    """Reason why the p_<code> columns are not probability rows, or None."""
+    p_cols = [c for c in frame.columns if str(c).startswith("p_")]
+    unknown = sorted(set(p_cols) - set(PROBA_COLUMNS))
+    missing = [c for c in PROBA_COLUMNS if c not in frame.columns]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {_first(missing)}{' ...' if len(missing) > 5 else ''}")
+        if unknown:
+            parts.append(f"unknown {_first(unknown)}")
+        return f"{what}: wrong probability columns ({'; '.join(parts)})"
+    try:
+        values = frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        return f"{what}: non-numeric probabilities ({exc})"
+    bad = ~np.isfinite(values)
+    if bad.any():
+        return f"{what}: {int(bad.sum())} NaN/Inf probabilities in {int(bad.any(axis=1).sum())} rows"
+    if (values < 0).any():
+        return f"{what}: {int((values < 0).sum())} negative probabilities"
+    dev = np.abs(values.sum(axis=1) - 1.0)
+    if (dev > SUM_TOLERANCE).any():
+        return (f"{what}: {int((dev > SUM_TOLERANCE).sum())} rows do not sum to 1 "
+                f"(max deviation {dev.max():.3g})")
+    return None
+
+
+def _check_ids(ids: pd.Series, what: str, column: str) -> str | None:
+    if ids.isna().any() or (ids.astype(str) == "").any():
+        return f"{what}: empty {column} values"
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        return f"{what}: {len(dup)} duplicated {column}, e.g. {_first(dup.unique())}"
+    return None
+
+
+def _read_table(path: Path, what: str, id_column: str) -> tuple[pd.DataFrame | None, str | None]:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, not a crash
+        return None, f"{what} unreadable: {type(exc).__name__}: {exc}"
+    if id_column not in frame.columns:
+        return None, f"{what}: no {id_column} column"
+    frame[id_column] = frame[id_column].astype(str)
+    if len(frame) == 0:
+        return None, f"{what}: no rows"
+    return frame, None
+
+
+def validate_oof(frame: pd.DataFrame) -> str | None:
+    """Reason why an OOF table breaks the trial contract, or None."""
+    missing = [c for c in ("sound_id", "fold", "label") if c not in frame.columns]
+    if missing:
+        return f"{OOF_FILE}: missing columns {missing}"
+    reason = _check_ids(frame["sound_id"], OOF_FILE, "sound_id")
+    if reason:
+        return reason
+    bad_labels = sorted(set(frame["label"].astype(str)) - set(CODES))
+    if bad_labels:
+        return f"{OOF_FILE}: labels that are not task codes: {_first(bad_labels)}"
+    folds = pd.to_numeric(frame["fold"], errors="coerce")
+    if folds.isna().any() or (folds != folds.round()).any() or folds.min() < 0:
+        return f"{OOF_FILE}: fold must hold non-negative integers"
+    return _check_proba(frame, OOF_FILE)
+
+
+def validate_eval(frame: pd.DataFrame) -> str | None:
+    """Reason why an evaluation prediction table breaks the trial contract, or None."""
+    return _check_ids(frame["id"], EVAL_FILE, "id") or _check_proba(frame, EVAL_FILE)
+
+
+def _config_backbones(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    bb = cfg.get("backbones") if isinstance(cfg, dict) else None
+    if isinstance(bb, str):
+        return [b.strip() for b in bb.split(",") if b.strip()]
+    if isinstance(bb, list):
+        return [str(b) for b in bb]
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# the candidate set
+
+
+def _majority(values: list[str], what: str, given: str | None, flag: str) -> str:
+    if given:
+        return given
+    counts = Counter(v for v in values if v)
+    if not counts:
+        raise CandidateError(f"no FINISHED trial run has a {what} tag")
+    ranked = counts.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        raise CandidateError(
+            f"ambiguous {what}: " + ", ".join(f"{fp} ({n} runs)" for fp, n in ranked)
+            + f"; choose one with {flag}")
+    return ranked[0][0]
+
+
+def _list_trial_runs(client: Any, experiment_id: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'trial'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.PathLike[str],
+                    data_fp: str | None = None, fold_fp: str | None = None,
+                    eval_ids: np.ndarray | None = None, client: Any = None) -> CandidateSet:
+    """Collect, validate and align the candidates of ``experiment``.
+
+    ``eval_ids`` (from the evaluation metadata) fixes the evaluation id set and order;
+    without it the first candidate's eval.parquet order is used.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CandidateError(f"no experiment {experiment!r} at {tracking_uri}; "
+                             f"experiments there: {names or 'none'}")
+    cache_root = Path(cache_dir)
+    left: list[LeftOut] = []
+    runs = _list_trial_runs(client, exp.experiment_id)
+
+    def trial_of(run: Any) -> str:
+        return run.data.tags.get("bst.trial_id", "")
+
+    finished = []
+    for run in runs:
+        if run.info.status != "FINISHED":
+            left.append(LeftOut(run.info.run_id, trial_of(run), f"status {run.info.status}, not FINISHED"))
+        else:
+            finished.append(run)
+    if not finished:
+        raise CandidateError(f"experiment {experiment!r} has no FINISHED trial run "
+                             f"({len(runs)} trial runs in all)")
+
+    dfp = _majority([r.data.tags.get("bst.data_fp", "") for r in finished],
+                    "data fingerprint (bst.data_fp)", data_fp, "--data-fp")
+    same_data = []
+    for run in finished:
+        fp = run.data.tags.get("bst.data_fp", "")
+        if fp != dfp:
+            left.append(LeftOut(run.info.run_id, trial_of(run),
+                                f"data fingerprint {fp or '(none)'} differs from {dfp}"))
+        else:
+            same_data.append(run)
+    if not same_data:
+        raise CandidateError(f"no FINISHED trial run has data fingerprint {dfp}")
+    ffp = _majority([r.data.tags.get("bst.fold_fp", "") for r in same_data],
+                    "fold fingerprint (bst.fold_fp)", fold_fp, "--fold-fp")
+    pending = []
+    for run in same_data:
+        fp = run.data.tags.get("bst.fold_fp", "")
+        if fp != ffp:
+            left.append(LeftOut(run.info.run_id, trial_of(run),
+                                f"fold fingerprint {fp or '(none)'} differs from {ffp}"))
+        else:
+            pending.append(run)
+
+    # pass 1: fetch and check each table alone; remember id sets for the majority vote
+    checked: list[tuple[Any, dict[str, Path | None], str, str | None]] = []
+    for run in pending:
+        paths = fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
+        if paths[OOF_FILE] is None:
+            status = run.data.tags.get("bst.status", "")
+            note = run.data.tags.get("bst.note", "")
+            why = f" (bst.status {status}{': ' + note if note else ''})" if status not in ("", "complete") else ""
+            left.append(LeftOut(run.info.run_id, trial_of(run), f"no {OOF_FILE} artifact{why}"))
+            continue
+        frame, reason = _read_table(paths[OOF_FILE], OOF_FILE, "sound_id")
+        reason = reason or validate_oof(frame)
+        if reason:
+            left.append(LeftOut(run.info.run_id, trial_of(run), reason))
+            continue
+        eval_hash: str | None = None
+        if paths[EVAL_FILE] is not None:
+            ev, reason = _read_table(paths[EVAL_FILE], EVAL_FILE, "id")
+            reason = reason or validate_eval(ev)
+            if reason:
+                left.append(LeftOut(run.info.run_id, trial_of(run), reason))
+                continue
+            eval_hash = _ids_hash(ev["id"].to_numpy())
+        checked.append((run, paths, _ids_hash(frame["sound_id"].to_numpy()), eval_hash))
+    if not checked:
+        raise CandidateError(_nothing_left(experiment, left))
+
+    # the development id set: the one most candidates cover (they share a data fingerprint)
+    id_votes = Counter(h for _, _, h, _ in checked)
+    ref_hash = id_votes.most_common(1)[0][0]
+    ref_run, ref_paths = next((r, p) for r, p, h, _ in checked if h == ref_hash)
+    ref = pd.read_parquet(ref_paths[OOF_FILE])
+    ref["sound_id"] = ref["sound_id"].astype(str)
+    ref_ids = pd.Index(ref["sound_id"])
+    ref_labels = ref["label"].astype(str).to_numpy()
+    ref_folds = ref["fold"].to_numpy(dtype=np.int64)
+
+    # evaluation: on when the metadata is given or most candidates carry predictions
+    notes: list[str] = []
+    with_eval = [c for c in checked if c[3] is not None]
+    eval_on = eval_ids is not None or 2 * len(with_eval) > len(checked)
+    ref_eval_ids: np.ndarray | None = None
+    eval_order = ""
+    efp = ""
+    if eval_ids is not None:
+        ref_eval_ids = np.asarray(eval_ids, dtype=object)
+        eval_order = "evaluation metadata"
+    elif eval_on:
+        eval_votes = Counter(c[3] for c in with_eval)
+        eval_ref_hash = eval_votes.most_common(1)[0][0]
+        first = next(c for c in with_eval if c[3] == eval_ref_hash)
+        ref_eval_ids = pd.read_parquet(first[1][EVAL_FILE], columns=["id"])["id"].astype(str).to_numpy(dtype=object)
+        eval_order = (f"{EVAL_FILE} of trial {trial_of(first[0]) or first[0].info.run_id} "
+                      "(no --eval-data given)")
+    elif with_eval:
+        notes.append(f"only {len(with_eval)} of {len(checked)} candidates have {EVAL_FILE}: "
+                     "evaluation predictions ignored, no submission")
+    if eval_on:
+        efp_votes = [c[0].data.tags.get("bst.eval_fp", "") for c in with_eval]
+        efp = Counter(v for v in efp_votes if v).most_common(1)[0][0] if any(efp_votes) else ""
+    ref_eval_hash = _ids_hash(ref_eval_ids) if ref_eval_ids is not None else None
+
+    # pass 2: align every accepted candidate to the reference rows, straight into the tensor
+    proba = np.empty((len(checked), len(ref_ids), N_CLASSES), dtype=np.float32)
+    eval_proba = (np.empty((len(checked), len(ref_eval_ids), N_CLASSES), dtype=np.float32)
+                  if ref_eval_ids is not None else None)
+    infos: list[CandidateInfo] = []
+    for run, paths, ids_hash, eval_hash in checked:
+        rid, tid = run.info.run_id, trial_of(run)
+        if ids_hash != ref_hash:
+            frame = pd.read_parquet(paths[OOF_FILE], columns=["sound_id"])
+            ids = pd.Index(frame["sound_id"].astype(str))
+            miss, extra = ref_ids.difference(ids), ids.difference(ref_ids)
+            left.append(LeftOut(rid, tid, (
+                f"{OOF_FILE} covers {len(ids) - len(extra)} of {len(ref_ids)} development ids"
+                + (f"; {len(miss)} missing, e.g. {_first(miss)}" if len(miss) else "")
+                + (f"; {len(extra)} not in the development set, e.g. {_first(extra)}"
+                   if len(extra) else ""))))
+            continue
+        eval_fp_tag = run.data.tags.get("bst.eval_fp", "")
+        if eval_on:
+            if eval_hash is None:
+                why = "--eval-data given" if eval_ids is not None else "most candidates have one"
+                left.append(LeftOut(rid, tid, f"no {EVAL_FILE} ({why})"))
+                continue
+            if eval_hash != ref_eval_hash:
+                ev_ids = pd.Index(pd.read_parquet(paths[EVAL_FILE], columns=["id"])["id"].astype(str))
+                ref_ev = pd.Index(ref_eval_ids)
+                left.append(LeftOut(rid, tid, (
+                    f"{EVAL_FILE} ids differ from the {eval_order.split(' (')[0]}: "
+                    f"{len(ref_ev.difference(ev_ids))} missing, {len(ev_ids.difference(ref_ev))} extra")))
+                continue
+            if not eval_fp_tag:
+                left.append(LeftOut(rid, tid, f"{EVAL_FILE} present but bst.eval_fp tag empty"))
+                continue
+            if eval_fp_tag != efp:
+                left.append(LeftOut(rid, tid, f"eval fingerprint {eval_fp_tag} differs from {efp}"))
+                continue
+        frame = pd.read_parquet(paths[OOF_FILE])
+        frame["sound_id"] = frame["sound_id"].astype(str)
+        order = pd.Index(frame["sound_id"]).get_indexer(ref_ids)
+        labels = frame["label"].astype(str).to_numpy()[order]
+        folds = frame["fold"].to_numpy(dtype=np.int64)[order]
+        if (labels != ref_labels).any():
+            n_bad = int((labels != ref_labels).sum())
+            left.append(LeftOut(rid, tid, f"labels differ from trial {trial_of(ref_run)} on "
+                                          f"{n_bad} ids, e.g. {_first(ref_ids[labels != ref_labels])}"))
+            continue
+        if (folds != ref_folds).any():
+            n_bad = int((folds != ref_folds).sum())
+            left.append(LeftOut(rid, tid, f"fold assignment differs from trial {trial_of(ref_run)} "
+                                          f"on {n_bad} ids (same bst.fold_fp tag)"))
+            continue
+        k = len(infos)
+        proba[k] = frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[order]
+        if eval_proba is not None:
+            ev = pd.read_parquet(paths[EVAL_FILE])
+            ev_order = pd.Index(ev["id"].astype(str)).get_indexer(ref_eval_ids)
+            eval_proba[k] = ev[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[ev_order]
+        infos.append(CandidateInfo(
+            run_id=rid, trial_id=tid, start_time=int(run.info.start_time or 0),
+            params=dict(run.data.params), tags=dict(run.data.tags), metrics=dict(run.data.metrics),
+            backbones_tag=[b for b in run.data.tags.get("bst.backbones", "").split(",") if b],
+            backbones_config=_config_backbones(paths[CONFIG_FILE]), eval_fp=eval_fp_tag,
+            has_eval=eval_proba is not None))
+    if not infos:
+        raise CandidateError(_nothing_left(experiment, left))
+    from bst_search.taxonomy import encode
+
+    n = len(infos)  # views of the filled part: the untouched tail was never paged in
+    return CandidateSet(
+        infos=infos, proba=proba[:n], labels=encode(ref_labels), folds=ref_folds,
+        sound_ids=ref_ids.to_numpy(dtype=object), left_out=left, data_fp=dfp, fold_fp=ffp,
+        eval_fp=efp, eval_proba=None if eval_proba is None else eval_proba[:n],
+        eval_ids=ref_eval_ids, eval_order=eval_order, notes=notes)
+
+
+def _nothing_left(experiment: str, left: list[LeftOut]) -> str:
+    lines = [f"experiment {experiment!r}: no usable candidate; left out:"]
+    lines += [f"  run {x.run_id} trial {x.trial_id or '?'}: {x.reason}" for x in left]
+    return "\n".join(lines)

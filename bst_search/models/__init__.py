@@ -1,0 +1,82 @@
+"""Classifier heads on frozen embeddings, registered by name.
+
+A model class registers itself with :func:`register_model` and provides
+``from_config(cfg, input_dims, modalities, n_classes)``; :func:`build_model` looks the name
+up in ``cfg["model"]["name"]`` and applies the shared weight initialisation, so a new
+architecture is one decorated class in one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch.nn as nn
+
+from bst_search.config import ConfigError
+from bst_search.taxonomy import N_CLASSES
+
+MODELS: dict[str, type[nn.Module]] = {}
+
+M = TypeVar("M", bound=type[nn.Module])
+
+
+def register_model(name: str) -> Callable[[M], M]:
+    """Class decorator: make the model buildable as ``model.name: <name>``."""
+
+    def deco(cls: M) -> M:
+        if name in MODELS and MODELS[name] is not cls:
+            raise ValueError(f"model {name!r} is already registered by {MODELS[name].__qualname__}")
+        if not hasattr(cls, "from_config"):
+            raise TypeError(f"model {name!r}: {cls.__qualname__} has no from_config classmethod")
+        MODELS[name] = cls
+        return cls
+
+    return deco
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Re-initialise Linear weights in place; biases and norms keep PyTorch's defaults.
+
+    Applied to every Linear inside the model (``model.apply``-style). Note that the official
+    baseline calls its ``init_weights(model)`` on the top module only, which is no Linear, so
+    its published runs in fact use PyTorch's default initialisation.
+    """
+    if scheme == "torch_default":
+        return
+    if scheme != "xavier_uniform":
+        raise ConfigError(f"model.init: unknown scheme {scheme!r}")
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+
+
+def build_model(cfg: dict, input_dims: list[int], modalities: list[str],
+                n_classes: int = N_CLASSES) -> nn.Module:
+    """Instantiate ``cfg["model"]["name"]`` for backbones of the given input dims.
+
+    ``input_dims[i]`` and ``modalities[i]`` ("audio" or "text") describe backbone
+    ``cfg["backbones"][i]``; the model's ``forward(xs)`` takes the embeddings in that order.
+    """
+    name = cfg["model"]["name"]
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    if not input_dims:
+        raise ValueError("build_model: need at least one backbone")
+    if len(modalities) != len(input_dims):
+        raise ValueError(f"build_model: {len(input_dims)} input dims but {len(modalities)} modalities")
+    bad = [m for m in modalities if m not in ("audio", "text")]
+    if bad:
+        raise ValueError(f"build_model: modalities must be 'audio' or 'text', got {bad}")
+    model = MODELS[name].from_config(cfg, list(input_dims), list(modalities), n_classes)
+    init_weights(model, cfg["model"]["init"])
+    return model
+
+
+def n_params(model: nn.Module) -> int:
+    """Trainable parameters (buffers such as BatchNorm running stats excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Importing the modules registers their models.
+from bst_search.models import hatr, late_fusion  # noqa: E402, F401

@@ -1,0 +1,357 @@
+"""Search driver: Ray Tune runs Optuna-suggested trials; the driver alone writes to MLflow.
+
+How the pieces fit:
+* the development (and evaluation, crowd) data are loaded once, validated and put into
+  Ray's object store with ``tune.with_parameters``; every trial reads them from there;
+* ``OptunaSearch`` (TPE, seeded) asks the search space's define-by-run function for each
+  trial, and keeps its study in Optuna RDB storage (SQLite file here, PostgreSQL on a cluster);
+* a trial reports after every fold (running strict hF) with a checkpoint holding its
+  finished folds, so ASHA / median stopping can stop poor trials early, and a retried or
+  resumed trial continues from its last finished fold;
+* :class:`MlflowTrialLogger`, a Tune callback in the driver process, opens one MLflow run
+  per trial, logs per-fold values as steps and, when the trial ends, its metrics and
+  artifacts from the final checkpoint. Only the driver writes, so a SQLite store is safe.
+* ``--resume`` restores the Tune experiment from its storage, marks runs that were open
+  when the previous driver died KILLED, and reconciles MLflow and Optuna with Tune at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bst_search import tracking
+from bst_search.config import SCHEMA
+
+FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<marker file>"
+
+
+# --------------------------------------------------------------------------- trial side
+
+
+def _report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, space: Any,
+             n_folds: int) -> None:
+    """Ray Tune function trainable: one cross-validated trial, reporting after every fold."""
+    import torch
+    from ray import tune
+
+    from bst_search.trial import run_trial
+
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = space.config({k: v for k, v in params.items() if k in SCHEMA})
+    metric = space.metric
+    work = Path(tempfile.mkdtemp(prefix="bst-trial-"))
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:  # retried or resumed: continue from the last finished fold
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, work, dirs_exist_ok=True)
+        fault = os.environ.get(FAULT_ENV, "")
+
+        def on_fold(info: dict[str, Any]) -> None:
+            if info["resumed"] or info["folds_done"] == n_folds:
+                return  # reported before this restart / reported with the outputs below
+            tune.report({**info, metric: info["running_hF_strict"], "trial_status": "running"},
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+            if fault:
+                at, marker = fault.split(":", 1)
+                if int(at) == info["fold"] and not Path(marker).exists():
+                    Path(marker).write_text(str(os.getpid()))
+                    os._exit(17)  # the worker process dies without cleanup
+
+        metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
+                            on_fold=on_fold)
+        last = metrics["folds"][-1]
+        final = {**_report_metrics(metrics), "fold": last["fold"], "folds_done": n_folds,
+                 "fold_hF": last["hF"], "fold_hF_strict": last["hF_strict"],
+                 "running_hF_strict": metrics["fold_hF_strict_mean"], "trial_status": "complete"}
+        if metric not in final:
+            raise KeyError(f"objective metric {metric!r} is not produced by a trial")
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _tune_callback_base():
+    from ray import tune
+
+    return tune.Callback
+
+
+class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
+    """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
+
+    def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
+                 fingerprints: dict[str, str], space: Any, n_folds: int) -> None:
+        self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep
+        self.fingerprints, self.space, self.n_folds = fingerprints, space, n_folds
+        self._client: Any = None
+        self._exp_id: str | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled with the Tune experiment state
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = tracking.client(self.uri)
+            self._exp_id = tracking.ensure_experiment(self._client, self.experiment, self.workdir, self.uri)
+        return self._client
+
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id not in self._runs:
+            cfg = self.space.config({k: v for k, v in trial.config.items() if k in SCHEMA})
+            self._runs[trial.trial_id] = tracking.start_trial_run(
+                self.client, self._exp_id, sweep=self.sweep, trial_id=trial.trial_id, cfg=cfg,
+                fingerprints=self.fingerprints)
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "fold" in result:
+            tracking.log_fold(self.client, self.run_id(trial), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        note = str(getattr(trial, "error_file", "") or "")
+        tracking.finish_trial_run(self.client, run_id, metrics=None, artifacts_dir=None,
+                                  status="FAILED", bst_status="failed", note=note)
+        self._runs.pop(trial.trial_id, None)
+
+    def finish(self, trial_id: str, result: dict[str, Any], checkpoint: Any) -> None:
+        """Close a trial's run as FINISHED, once: complete with artifacts, or early-stopped."""
+        cl = self.client
+        if tracking.find_runs(cl, self._exp_id, sweep=self.sweep, trial_id=trial_id, status="FINISHED"):
+            self._runs.pop(trial_id, None)
+            return
+        run_id = self._runs.pop(trial_id, None)
+        if run_id is None:
+            cfg = self.space.config({k: v for k, v in result.get("config", {}).items() if k in SCHEMA})
+            run_id = tracking.start_trial_run(cl, self._exp_id, sweep=self.sweep, trial_id=trial_id,
+                                              cfg=cfg, fingerprints=self.fingerprints)
+        complete = result.get("trial_status") == "complete" and checkpoint is not None
+        if complete:
+            with checkpoint.as_directory() as d:
+                tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
+                                          status="FINISHED", bst_status="complete")
+        else:
+            done = int(result.get("folds_done", 0))
+            tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
+                                      status="FINISHED", bst_status="early_stopped",
+                                      note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
+
+
+def _scheduler(name: str, metric: str, mode: str, n_folds: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if name == "asha":
+        return ASHAScheduler(metric=metric, mode=mode, time_attr="training_iteration",
+                             max_t=n_folds, grace_period=min(2, n_folds), reduction_factor=2)
+    if name == "median":
+        return MedianStoppingRule(metric=metric, mode=mode, time_attr="training_iteration",
+                                  grace_period=min(2, n_folds), min_samples_required=3)
+    return FIFOScheduler()
+
+
+def _sweep_state(workdir: Path, experiment: str) -> Path:
+    return workdir / "sweeps" / f"{experiment}.json"
+
+
+def _reconcile(logger: MlflowTrialLogger, results: Any, storage_url: str, study_name: str) -> dict[str, int]:
+    """Make MLflow and Optuna agree with Tune after the run (or after a crash and resume)."""
+    finished = 0
+    for res in results:
+        trial_id = (res.metrics or {}).get("trial_id")
+        if not trial_id:
+            continue
+        if res.error is None:
+            logger.finish(trial_id, {**res.metrics, "config": res.config}, res.checkpoint)
+            finished += 1
+    killed = tracking.close_interrupted(logger.client, logger._exp_id, logger.sweep)
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    stale = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        stale += 1
+    return {"finished": finished, "killed": len(killed), "optuna_stale": stale}
+
+
+def run_search(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) a sweep; return a summary with the top trials."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLIReporter)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bst_search.data import load_dataset
+    from bst_search.folds import assign_folds, fold_fingerprint
+    from bst_search.search_space import load_space
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BST_CACHE_DIR", str(workdir / "cache"))
+    space = load_space(Path(args.space))  # invalid spaces fail here, before Ray starts
+    backbones = space.backbones_needed()
+    dev = load_dataset(Path(args.data), backbones=backbones, missing=args.missing, progress=True)
+    ev = (load_dataset(Path(args.eval_data), backbones=backbones, missing=args.missing, progress=True)
+          if args.eval_data else None)
+    crowd = (load_dataset(Path(args.crowd_data), backbones=backbones, missing=args.missing, progress=True)
+             if args.crowd_data else None)
+    fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fingerprint(dev.ids, assign_folds(dev.y, args.folds)),
+           "eval_fp": ev.fingerprint if ev is not None else ""}
+
+    if space.can_take("data.crowd", "mix") and crowd is None:
+        raise SystemExit(f"error: {args.space} can sample data.crowd=mix; pass --crowd-data")
+    state_path = _sweep_state(workdir, args.experiment)
+    tune_root = args.tune_storage or os.environ.get("BST_TUNE_STORAGE") or str(workdir / "tune")
+    exp_dir = f"{tune_root.rstrip('/')}/{args.experiment}"
+    if args.resume:
+        if not state_path.exists() or not tune.Tuner.can_restore(exp_dir):
+            raise SystemExit(f"error: nothing to resume for experiment {args.experiment!r} in {workdir}")
+        state = json.loads(state_path.read_text())
+        if state["fingerprints"] != fps:
+            raise SystemExit(f"error: the data differ from the interrupted sweep's "
+                             f"({state['fingerprints']} != {fps}); resume with the same data")
+    else:
+        if state_path.exists() or tune.Tuner.can_restore(exp_dir):
+            raise SystemExit(f"error: experiment {args.experiment!r} already exists in {workdir}; "
+                             f"use --resume to continue it or choose another --experiment")
+        state = {"sweep": f"{args.experiment}-{uuid.uuid4().hex[:8]}", "fingerprints": fps,
+                 "space": str(Path(args.space).resolve()), "trials": args.trials,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(state, indent=1))
+
+    uri = tracking.tracking_uri(workdir, args.tracking_uri)
+    storage_url = args.optuna_storage or f"sqlite:///{workdir / 'optuna.db'}"
+    logger = MlflowTrialLogger(uri, str(workdir), args.experiment, state["sweep"], fps, space, args.folds)
+    if args.resume:  # runs left open by the dead driver
+        closed = tracking.close_interrupted(logger.client, logger._exp_id, state["sweep"])
+        print(f"resuming sweep {state['sweep']}: {len(closed)} interrupted run(s) marked KILLED")
+
+    cpu = args.cpus_per_trial if args.cpus_per_trial is not None else space.resources.get("cpu", 1)
+    gpu = args.gpus_per_trial if args.gpus_per_trial is not None else space.resources.get("gpu", 0)
+    if args.address:
+        ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=True)
+    elif not ray.is_initialized():
+        ray.init(include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "BST_CACHE_DIR")
+                                           if k in os.environ}})
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, dev=dev, eval_data=ev, crowd=crowd, space=space,
+                             n_folds=args.folds),
+        {"cpu": cpu, "gpu": gpu})
+
+    if args.resume:
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=None)
+        searcher = OptunaSearch(space=space.sample, metric=space.metric, mode=space.mode,
+                                sampler=optuna.samplers.TPESampler(seed=args.seed, multivariate=True,
+                                                                   group=True),
+                                study_name=state["sweep"], storage=storage)
+        if args.concurrency:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=args.concurrency)
+        sched = args.scheduler or space.scheduler
+        reporter = tune.CLIReporter(
+            metric_columns={"folds_done": "folds", "running_hF_strict": "running hF",
+                            space.metric: space.metric},
+            parameter_columns=[k for k in list(space.params)[:5]], max_report_frequency=15)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=args.trials,
+                                        scheduler=_scheduler(sched, space.metric, space.mode, args.folds),
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=args.experiment, storage_path=tune_root, callbacks=[logger],
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                progress_reporter=reporter, verbose=1),
+        )
+    results = tuner.fit()
+    counts = _reconcile(logger, results, storage_url, state["sweep"])
+    summary = summarize(logger, space, uri, workdir)
+    summary.update(counts=counts, sweep=state["sweep"], errors=len(results.errors))
+    return summary
+
+
+def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, top: int = 10) -> dict[str, Any]:
+    """Top trials of the sweep from MLflow, with their key parameters."""
+    import pandas as pd
+
+    runs = tracking.find_runs(logger.client, logger._exp_id, sweep=logger.sweep, status="FINISHED")
+    rows = []
+    for r in runs:
+        row = {"trial": r.data.tags.get(tracking.TRIAL_ID), "status": r.data.tags.get(tracking.STATUS),
+               "run_id": r.info.run_id[:8]}
+        row.update({k: r.data.metrics.get(k) for k in ("oof_hF", "oof_hF_strict", "fold_hF_std")})
+        row.update({k: r.data.params.get(k) for k in list(space.params)[:6]})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        asc = space.mode == "min"
+        key = space.metric if space.metric in frame else "oof_hF_strict"
+        frame = frame.sort_values(key, ascending=asc, na_position="last")
+    return {"n_finished": len(frame), "n_complete": int((frame.get("status") == "complete").sum()) if len(frame) else 0,
+            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir), "workdir": str(workdir),
+            "tracking_uri": uri}
+
+
+def print_summary(summary: dict[str, Any], experiment: str) -> None:
+    import pandas as pd
+
+    print(f"\n== sweep {summary['sweep']} (experiment {experiment!r}): {summary['n_finished']} finished "
+          f"trial runs, {summary['n_complete']} complete, {summary['errors']} errored ==")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary["top"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nwork dir:      {summary['workdir']}\ntracking:      {summary['tracking_uri']}")
+    print(f"MLflow UI:     {summary['ui']}")
+    print(f"ensemble next: python -m bst_search.ensemble --experiment {experiment} "
+          f"--workdir {summary['workdir']}")
+
+
+def run_search_from_args(args: argparse.Namespace) -> int:
+    summary = run_search(args)
+    print_summary(summary, args.experiment)
+    return 0 if summary["n_finished"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bst_search.cli import add_search_arguments
+
+    p = argparse.ArgumentParser(prog="bst-search search", description=__doc__)
+    add_search_arguments(p)
+    return run_search_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One trial: a configuration trained and evaluated with K-fold cross-validation.
+
+A trial predicts every development sample exactly once (out of fold) and, when evaluation
+data is given, averages its fold models' probabilities on every evaluation sample. Data
+strategies (confidence filter and weighting, crowd data) change only each fold's training
+part, so OOF matrices of different trials can be combined by the ensemble.
+
+Each finished fold is saved under ``<out>/folds/`` before the next starts: a trial cut off
+mid-way continues from its last finished fold when run again on the same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bst_search import config as config_mod
+from bst_search import metrics
+from bst_search.data import DataError, Dataset, is_text_backbone
+from bst_search.folds import assign_folds, fold_fingerprint, train_val_split
+from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
+
+FoldCallback = Callable[[dict[str, Any]], None]
+OUTPUT_FILES = ("oof.parquet", "metrics.json", "config.yaml")
+
+
+def _config_hash(cfg: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file so a killed process never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def check_backbones(cfg: dict[str, Any], *datasets: Dataset | None) -> list[str]:
+    """The configured backbones, checked to exist with equal dimensions in every dataset."""
+    backbones = list(cfg["backbones"])
+    if not any(not is_text_backbone(b) for b in backbones):
+        raise DataError(f"backbones {backbones}: at least one audio backbone is required")
+    ref = datasets[0]
+    for ds in datasets:
+        if ds is None:
+            continue
+        for b in backbones:
+            if b not in ds.features:
+                raise DataError(f"{ds.root}: backbone {b!r} not found; available: "
+                                f"{', '.join(ds.backbones) or 'none'}")
+            if ds.features[b].shape[1] != ref.features[b].shape[1]:
+                raise DataError(f"{ds.root}: backbone {b!r} has dimension {ds.features[b].shape[1]} "
+                                f"but the development set has {ref.features[b].shape[1]}")
+    return backbones
+
+
+def training_rows(cfg: dict[str, Any], dev: Dataset, train_idx: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply the data strategy to a fold's training part: (kept rows, sample weights)."""
+    data_cfg = cfg["data"]
+    rows = train_idx
+    if data_cfg["min_confidence"] > 0 and dev.confidence is not None:
+        conf = dev.confidence[rows]
+        rows = rows[~(conf < data_cfg["min_confidence"])]  # unknown confidence is kept
+    weights = None
+    if data_cfg["confidence_weighting"] and dev.confidence is not None:
+        conf = dev.confidence[rows]
+        weights = np.where(np.isnan(conf), 1.0, conf / 5.0)
+    return rows, weights
+
+
+def crowd_rows(cfg: dict[str, Any], crowd: Dataset | None, dev: Dataset) -> np.ndarray:
+    """Crowd rows added to every fold's training part (none unless ``data.crowd=mix``).
+
+    Sounds that also occur in the development set are dropped, so no held-out row can reach
+    a fold's training through the crowd set.
+    """
+    if cfg["data"]["crowd"] == "none":
+        return np.zeros(0, dtype=np.int64)
+    if crowd is None:
+        raise DataError("data.crowd=mix needs a crowd dataset (--crowd-data)")
+    keep = ~np.isin(crowd.ids, dev.ids)
+    cap = cfg["data"]["crowd_per_uploader"]
+    if cap > 0 and crowd.uploader is not None:
+        frame = pd.DataFrame({"u": crowd.uploader, "y": crowd.y})
+        keep &= (frame.groupby(["u", "y"]).cumcount() < cap).to_numpy()
+    return np.flatnonzero(keep)
+
+
+def _fold_seed(seed: int, k: int) -> int:
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0] % (2**31))
+
+
+def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
+             eval_data: Dataset | None = None, crowd: Dataset | None = None,
+             device: Any = None) -> dict[str, Any]:
+    """Train fold k and predict its held-out rows (and the evaluation set)."""
+    from bst_search import training  # torch import deferred: data-only commands stay fast
+
+    backbones = list(cfg["backbones"])
+    modalities = ["text" if is_text_backbone(b) else "audio" for b in backbones]
+    train_idx, val_idx = train_val_split(dev.y, fold, k)
+    rows, weights = training_rows(cfg, dev, train_idx)
+    X_dev = dev.X(backbones)
+    X_train = [x[rows] for x in X_dev]
+    y_train = dev.y[rows]
+    extra = crowd_rows(cfg, crowd, dev)
+    if len(extra):
+        X_train = [np.concatenate([a, c[extra]]) for a, c in zip(X_train, crowd.X(backbones), strict=True)]
+        y_train = np.concatenate([y_train, crowd.y[extra]])
+        if weights is not None:
+            weights = np.concatenate([weights, np.ones(len(extra))])
+    t0 = time.perf_counter()
+    fit = training.fit(cfg, X_train, y_train, [x[val_idx] for x in X_dev], dev.y[val_idx],
+                       modalities=modalities, seed=_fold_seed(cfg["seed"], k),
+                       sample_weight=weights, device=device)
+    test_idx = np.flatnonzero(fold == k)
+    proba = training.predict_proba(fit.model, [x[test_idx] for x in X_dev], device=device)
+    eval_proba = None
+    if eval_data is not None:
+        eval_proba = training.predict_proba(fit.model, eval_data.X(backbones), device=device)
+    fm = metrics.evaluate(dev.y[test_idx], proba)
+    return {
+        "fold": k, "test_idx": test_idx, "proba": proba, "eval_proba": eval_proba,
+        "n_train": int(len(y_train)), "n_val": int(len(val_idx)), "n_test": int(len(test_idx)),
+        "hF": fm["hF"], "hF_strict": fm["hF_strict"], "acc": fm["acc"],
+        "best_epoch": fit.best_epoch, "epochs": fit.epochs, "best_val_hF": fit.best_val_hF,
+        "seconds": time.perf_counter() - t0, "model_seconds": fit.model_seconds,
+    }
+
+
+def _save_fold(path: Path, res: dict[str, Any]) -> None:
+    arrays = {"test_idx": res["test_idx"], "proba": res["proba"]}
+    if res["eval_proba"] is not None:
+        arrays["eval_proba"] = res["eval_proba"]
+    info = {k: v for k, v in res.items() if k not in ("test_idx", "proba", "eval_proba")}
+    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    _atomic_write(path, write)
+
+
+def _load_fold(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        res = json.loads(z["info"].tobytes().decode())
+        res["test_idx"], res["proba"] = z["test_idx"], z["proba"]
+        res["eval_proba"] = z["eval_proba"] if "eval_proba" in z.files else None
+    return res
+
+
+def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
+              eval_data: Dataset | None = None, crowd: Dataset | None = None,
+              n_folds: int = 5, device: Any = None, on_fold: FoldCallback | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a cross-validated trial; write its outputs; return ``metrics.json``.
+
+    ``on_fold`` is called after every fold with the fold's results and the running mean,
+    which is what the search driver reports to Ray Tune's early-stopping scheduler.
+    """
+    cfg = config_mod.validate(cfg)
+    if not dev.labelled:
+        raise DataError(f"{dev.root}: a trial needs a labelled development set")
+    if eval_data is not None and eval_data.labelled:
+        log and log(f"note: evaluation set {eval_data.root} has labels; they are not used")
+    check_backbones(cfg, dev, eval_data, crowd if cfg["data"]["crowd"] != "none" else None)
+    out = Path(out_dir)
+    (out / "folds").mkdir(parents=True, exist_ok=True)
+    fold = assign_folds(dev.y, n_folds)
+    state = {"config": _config_hash(cfg), "data_fp": dev.fingerprint,
+             "fold_fp": fold_fingerprint(dev.ids, fold),
+             "eval_fp": eval_data.fingerprint if eval_data is not None else "",
+             "crowd_fp": crowd.fingerprint if crowd is not None and cfg["data"]["crowd"] != "none" else ""}
+    state_path = out / "state.json"
+    if state_path.exists() and json.loads(state_path.read_text()) != state:
+        for stale in (out / "folds").glob("fold_*.npz"):  # another config or data: start over
+            stale.unlink()
+    _atomic_write(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
+
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for k in range(n_folds):
+        path = out / "folds" / f"fold_{k}.npz"
+        if path.exists():
+            res, resumed = _load_fold(path), True
+        else:
+            res, resumed = run_fold(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd,
+                                    device=device), False
+            _save_fold(path, res)
+        results.append(res)
+        running = float(np.mean([r["hF_strict"] for r in results]))
+        how = "resumed" if resumed else f"{res['seconds']:.1f}s, {res['epochs']} epochs"
+        log and log(f"fold {k}: hF {res['hF']:.4f} strict {res['hF_strict']:.4f} ({how})")
+        if on_fold is not None:
+            on_fold({"fold": k, "folds_done": k + 1, "fold_hF": res["hF"],
+                     "fold_hF_strict": res["hF_strict"], "running_hF_strict": running,
+                     "resumed": resumed})
+
+    proba = np.zeros((len(dev.ids), N_CLASSES), dtype=np.float32)
+    for r in results:
+        proba[r["test_idx"]] = r["proba"]
+    oof = pd.DataFrame({"sound_id": dev.ids.astype(str), "fold": fold,
+                        "label": np.asarray(CODES)[dev.y]})
+    oof = pd.concat([oof, pd.DataFrame(proba, columns=list(PROBA_COLUMNS))], axis=1)
+
+    m = metrics.evaluate(dev.y, proba)
+    fold_hf = np.array([r["hF"] for r in results])
+    fold_hfs = np.array([r["hF_strict"] for r in results])
+    out_metrics: dict[str, Any] = {f"oof_{k}": v for k, v in m.items()}
+    out_metrics.update({
+        "fold_hF_mean": float(fold_hf.mean()), "fold_hF_std": float(fold_hf.std()),
+        "fold_hF_strict_mean": float(fold_hfs.mean()), "fold_hF_strict_std": float(fold_hfs.std()),
+        "metric_variants_differ": bool(m["n_never_predicted"] > 0),
+        "train_seconds": float(sum(r["seconds"] for r in results)),
+        "model_seconds": float(sum(r["model_seconds"] for r in results)),
+        "wall_seconds": float(time.perf_counter() - t0),
+        "epochs_mean": float(np.mean([r["epochs"] for r in results])),
+        "n_dev": int(len(dev.ids)), "n_excluded": int(dev.n_excluded),
+        **state,
+        "folds": [{k: v for k, v in r.items() if k not in ("test_idx", "proba", "eval_proba")}
+                  for r in results],
+    })
+    if m["n_never_predicted"] > 0:
+        log and log(f"warning: {int(m['n_never_predicted'])} class(es) never predicted: "
+                    f"official hF {m['hF']:.4f} differs from strict {m['hF_strict']:.4f}")
+
+    _atomic_write(out / "oof.parquet", lambda p: oof.to_parquet(p, index=False))
+    if eval_data is not None:
+        ev = np.mean([r["eval_proba"] for r in results], axis=0).astype(np.float32)
+        frame = pd.concat([pd.DataFrame({"id": eval_data.ids.astype(str)}),
+                           pd.DataFrame(ev, columns=list(PROBA_COLUMNS))], axis=1)
+        _atomic_write(out / "eval.parquet", lambda p: frame.to_parquet(p, index=False))
+    _atomic_write(out / "config.yaml", lambda p: config_mod.dump(cfg, p))
+    _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(out_metrics, indent=1)))
+    return out_metrics

@@ -1,0 +1,204 @@
+"""End-to-end sweeps through the real CLI: Ray Tune + Optuna + MLflow, resume, PostgreSQL.
+
+Every sweep runs in a subprocess with its own local Ray, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from bst_search import tracking
+from bst_search.data import load_dataset
+from bst_search.search import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _search_cmd(data: dict, workdir: Path, experiment: str, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bst_search.cli", "search", "--data", str(data["dev"]),
+            "--eval-data", str(data["eval"]), "--space", str(SMOKE), "--experiment", experiment,
+            "--trials", str(trials), "--workdir", str(workdir), *extra]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(extra)
+    return env
+
+
+def _trial_runs(uri: str, experiment: str, status: str | None = None) -> list:
+    cl = tracking.client(uri)
+    exp = cl.get_experiment_by_name(experiment)
+    return [] if exp is None else tracking.find_runs(cl, exp.experiment_id, status=status)
+
+
+def _check_complete_runs(uri: str, experiment: str, n: int, dev_ids) -> list:
+    cl = tracking.client(uri)
+    runs = _trial_runs(uri, experiment, "FINISHED")
+    assert len(runs) == n
+    trial_ids = [r.data.tags["bst.trial_id"] for r in runs]
+    assert len(set(trial_ids)) == n  # no FINISHED duplicates
+    for r in runs:
+        assert r.data.tags["bst.status"] == "complete"
+        assert {"oof_hF", "oof_hF_strict", "fold_hF_mean", "fold_hF_std"} <= set(r.data.metrics)
+        assert {a.path for a in cl.list_artifacts(r.info.run_id)} >= {
+            "oof.parquet", "eval.parquet", "config.yaml", "metrics.json"}
+        assert len(cl.get_metric_history(r.info.run_id, "fold_hF")) == 5
+    local = cl.download_artifacts(runs[0].info.run_id, "oof.parquet")
+    oof = pd.read_parquet(local)
+    assert sorted(oof["sound_id"]) == sorted(dev_ids) and oof["sound_id"].is_unique
+    return runs
+
+
+def _optuna_states(storage: str, sweep: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=sweep, storage=storage)
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _sweep_id(workdir: Path, experiment: str) -> str:
+    import json
+
+    return json.loads((workdir / "sweeps" / f"{experiment}.json").read_text())["sweep"]
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end_survives_a_dying_worker(tiny_data, tmp_path):
+    marker = tmp_path / "worker-died"
+    env = _env(**{FAULT_ENV: f"1:{marker}"})  # the first trial to finish fold 1 kills its worker
+    r = subprocess.run(_search_cmd(tiny_data, tmp_path, "e2e", 4), env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert marker.exists()  # a worker process really died mid-trial and was retried
+    assert "MLflow UI" in r.stdout and "oof_hF_strict" in r.stdout
+    dev = load_dataset(tiny_data["dev"])
+    _check_complete_runs(tracking.tracking_uri(tmp_path), "e2e", 4, list(dev.ids))
+    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", _sweep_id(tmp_path, "e2e"))
+    assert states == {"COMPLETE": 4}
+
+
+def test_invalid_space_is_refused_before_ray_starts(tiny_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  train.lrr: {type: float, low: 0.1, high: 0.2}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
+         "--space", str(bad), "--experiment", "bad", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 2
+    assert "train.lrr" in r.stderr
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
+    n = 6
+    uri = tracking.tracking_uri(tmp_path)
+    cmd = _search_cmd(tiny_data, tmp_path, "resume", n, "--concurrency", "2")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:
+            if len(_trial_runs(uri, "resume", "FINISHED")) >= 2:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, like a lost head node
+        proc.wait()
+    before = {r.data.tags["bst.trial_id"]: (r.info.run_id, r.info.start_time)
+              for r in _trial_runs(uri, "resume", "FINISHED")}
+    assert 2 <= len(before) < n
+    time.sleep(2)
+
+    r = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    dev = load_dataset(tiny_data["dev"])
+    runs = _check_complete_runs(uri, "resume", n, list(dev.ids))
+    after = {r.data.tags["bst.trial_id"]: (r.info.run_id, r.info.start_time) for r in runs}
+    for trial_id, run in before.items():  # finished trials were not run again
+        assert after[trial_id] == run
+    statuses = {r.info.status for r in _trial_runs(uri, "resume")}
+    assert statuses <= {"FINISHED", "KILLED", "FAILED"}  # nothing left RUNNING
+    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", _sweep_id(tmp_path, "resume"))
+    assert states.get("COMPLETE") == n and "RUNNING" not in states
+    # resuming a finished sweep again changes nothing
+    again = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(_trial_runs(uri, "resume", "FINISHED")) == n
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_up() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
+    if not _postgres_up():
+        pytest.skip(f"no PostgreSQL server at {PG} (CI and dev machines run one)")
+    import psycopg
+
+    db = f"bst_{uuid.uuid4().hex[:8]}"
+    conn = psycopg.connect(PG, autocommit=True)
+    conn.execute(f"CREATE DATABASE {db}")
+    backend = PG.rsplit("/", 1)[0] + f"/{db}"
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "the MLflow server did not start"
+                time.sleep(0.5)
+        r = subprocess.run(_search_cmd(tiny_data, tmp_path, "cluster", 2, "--tracking-uri", uri,
+                                       "--optuna-storage", backend),
+                           env=_env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        dev = load_dataset(tiny_data["dev"])
+        _check_complete_runs(uri, "cluster", 2, list(dev.ids))
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
+        assert any((tmp_path / "server-artifacts").rglob("oof.parquet"))
+        assert _optuna_states(backend, _sweep_id(tmp_path, "cluster")) == {"COMPLETE": 2}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.close()

@@ -1,0 +1,303 @@
+"""Search spaces: shipped files load, sampling respects conditions and the backbone rules,
+and every kind of invalid space is refused at load time with the offending key named."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from bst_search import config
+from bst_search.search_space import SearchSpace, SpaceError, is_text_backbone, load_space
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SHIPPED = ("smoke", "baseline", "mesh")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _run(space: SearchSpace, n: int, seed: int) -> tuple[list[dict[str, Any]], optuna.Study]:
+    """Sample n trials the way the driver does (ask, define-by-run, tell) with seeded TPE."""
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+    )
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sampled = space.sample(trial)
+        # a dummy objective with structure, so TPE actually leaves its random start-up phase
+        score = -abs(sampled["train.lr"] - 1e-3) * 100 + len(sampled["backbones"]) * 0.1
+        score += 0.2 if sampled.get("model.name") == "hatr" else 0.0
+        study.tell(trial, score)
+        out.append(sampled)
+    return out, study
+
+
+def _condition_holds(when: dict[str, Any], sampled: dict[str, Any]) -> bool:
+    """The test's own reading of a `when` block from the raw YAML (not the module's)."""
+    for parent, values in when.items():
+        values = values if isinstance(values, list) else [values]
+        if parent not in sampled or sampled[parent] not in values:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_space_loads(name: str) -> None:
+    space = load_space(SPACES / f"{name}.yaml")
+    cfg = space.config({})
+    assert cfg == config.validate(cfg)
+    text = space.describe()
+    for p in space.params:
+        assert p in text
+    needed = space.backbones_needed()
+    assert needed and set(cfg["backbones"]) <= set(needed)
+    assert any(not is_text_backbone(b) for b in needed)
+
+
+def test_baseline_space_only_moves_seed_and_lr() -> None:
+    space = load_space(SPACES / "baseline.yaml")
+    assert set(space.params) == {"seed", "train.lr"}
+    sampled = {"seed": 7, "train.lr": 2e-3}
+    cfg = config.flatten(space.config(sampled))
+    ref = config.flatten(config.load("baseline_hatr"))
+    assert {k for k in ref if ref[k] != cfg[k]} == {"seed", "train.lr"}
+
+
+def test_mesh_covers_every_searchable_key() -> None:
+    space = load_space(SPACES / "mesh.yaml")
+    single_valued = {k for k, s in config.SCHEMA.items() if s.choices and len(s.choices) == 1}
+    budget = {"train.max_epochs", "train.patience", "train.drop_last"}
+    assert set(config.SCHEMA) - set(space.params) - single_valued == budget
+    assert budget <= set(space.fixed)
+
+
+def test_mesh_sampling_respects_conditions_and_backbones() -> None:
+    path = SPACES / "mesh.yaml"
+    raw = yaml.safe_load(path.read_text())["params"]
+    whens = {k: v["when"] for k, v in raw.items() if "when" in v}
+    bb = raw["backbones"]
+    space = load_space(path)
+    samples, study = _run(space, 200, seed=0)
+    seen_on = dict.fromkeys(whens, 0)
+    seen_off = dict.fromkeys(whens, 0)
+    for sampled, frozen in zip(samples, study.trials, strict=True):
+        # Optuna recorded exactly what was sampled: conditionals absent there too
+        assert set(frozen.params) == set(sampled)
+        flat = config.flatten(space.config(sampled))  # validates
+        for k, v in sampled.items():
+            assert flat[k] == v
+        for key, when in whens.items():
+            if _condition_holds(when, sampled):
+                assert key in sampled, f"{key} missing although {when} holds: {sampled}"
+                seen_on[key] += 1
+            else:
+                assert key not in sampled, f"{key} present although {when} is false"
+                seen_off[key] += 1
+        unconditional = set(raw) - set(whens)
+        assert unconditional <= set(sampled)
+        b = sampled["backbones"]
+        assert isinstance(b, list) and len(set(b)) == len(b)
+        assert set(b) <= set(bb["choices"]) and len(b) >= bb.get("min_size", 1)
+        assert any(not is_text_backbone(x) for x in b)
+        assert b == [c for c in bb["choices"] if c in b]  # canonical order
+    # the checks above were not vacuous: every conditional was seen both ways
+    assert all(seen_on.values()) and all(seen_off.values()), (seen_on, seen_off)
+    subsets = {tuple(s["backbones"]) for s in samples}
+    assert len(subsets) == len(space.params["backbones"].subsets) == 6
+
+
+def test_sampling_is_deterministic() -> None:
+    space = load_space(SPACES / "mesh.yaml")
+    a, _ = _run(space, 40, seed=3)
+    b, _ = _run(space, 40, seed=3)
+    c, _ = _run(space, 40, seed=4)
+    assert a == b
+    assert a != c
+
+
+def test_smoke_space_samples_valid_configs() -> None:
+    space = load_space(SPACES / "smoke.yaml")
+    samples, _ = _run(space, 30, seed=1)
+    for s in samples:
+        cfg = space.config(s)
+        assert cfg["model"]["hidden"] == 32 and cfg["train"]["max_epochs"] <= 4
+        assert ("train.mask_p" in s) == (s["train.mask_mode"] == "count")
+
+
+def test_ray_optuna_search_accepts_define_by_run() -> None:
+    """Ray's OptunaSearch wraps the trial and merges our returned dict over raw suggestions:
+    backbones must come back as a list, conditionals absent."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space(SPACES / "smoke.yaml")
+    searcher = OptunaSearch(
+        space=space.sample, metric=space.metric, mode=space.mode,
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+    for i in range(5):
+        cfg = searcher.suggest(f"t{i}")
+        assert isinstance(cfg["backbones"], list)
+        assert ("train.mask_p" in cfg) == (cfg["train.mask_mode"] == "count")
+        space.config(cfg)
+        searcher.on_trial_complete(f"t{i}", {space.metric: 0.5, "training_iteration": 1})
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_conditions_nested_lists_and_ints(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, """
+        fixed: {train: {max_epochs: 7}}
+        params:
+          train.schedule: {type: categorical, choices: [step, plateau, none]}
+          train.gamma: {type: float, low: 0.1, high: 0.9, when: {train.schedule: [step, plateau]}}
+          train.plateau_patience: {type: int, low: 1, high: 4, when: {train.schedule: plateau}}
+          train.warmup_epochs: {type: int, low: 0, high: 4, step: 2, when: {train.plateau_patience: 2}}
+          data.confidence_weighting: {type: categorical, choices: [true, false]}
+          data.min_confidence: {type: int, low: 1, high: 3, when: {data.confidence_weighting: true}}
+    """))
+    assert space.fixed == {"train.max_epochs": 7}
+    assert space.backbones_needed() == config.SCHEMA["backbones"].default
+    samples, _ = _run_plain(space, 150)
+    for s in samples:
+        assert ("train.gamma" in s) == (s["train.schedule"] in ("step", "plateau"))
+        assert ("train.plateau_patience" in s) == (s["train.schedule"] == "plateau")
+        # a child of a conditional parameter disappears with its parent
+        assert ("train.warmup_epochs" in s) == (s.get("train.plateau_patience") == 2)
+        assert ("data.min_confidence" in s) == (s["data.confidence_weighting"] is True)
+        assert s.get("train.warmup_epochs", 0) in (0, 2, 4)
+        assert space.config(s)["train"]["max_epochs"] == 7
+    assert any("train.warmup_epochs" in s for s in samples)
+
+
+def _run_plain(space: SearchSpace, n: int) -> tuple[list[dict[str, Any]], optuna.Study]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        out.append(space.sample(t))
+        study.tell(t, 0.0)
+    return out, study
+
+
+def test_subset_sizes_and_relative_base(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text("model: {hidden: 16}\n")
+    space = load_space(_write(tmp_path, """
+        base: mine.yaml
+        params:
+          backbones: {type: subset, choices: [clap_text, clap_audio, panns, mert], min_size: 2, max_size: 3}
+    """))
+    subsets = space.params["backbones"].subsets
+    assert all(2 <= len(s) <= 3 and set(s) != {"clap_text"} for s in subsets)
+    assert len(subsets) == 6 + 4  # C(4,2) + C(4,3), none text-only
+    assert space.backbones_needed() == ["clap_text", "clap_audio", "panns", "mert"]
+    assert space.config({"backbones": ["clap_text", "mert"]})["model"]["hidden"] == 16
+
+
+LR = "train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}"
+NAME = "model.name: {type: categorical, choices: [hatr, late_fusion]}"
+
+INVALID = [
+    ("top_level", "paramz: {}", "paramz"),
+    ("top_not_mapping", "- a\n- b\n", "top level"),
+    ("unknown_param", "params: {model.nope: {type: int, low: 1, high: 2}}", "model.nope"),
+    ("bad_type", "params: {train.lr: {type: uniform, low: 0.1, high: 0.2}}", "train.lr.type"),
+    ("unknown_param_field", "params: {model.name: {type: categorical, chioces: [hatr]}}", "model.name.chioces"),
+    ("choice_outside_schema", "params: {model.name: {type: categorical, choices: [hatr, resnet]}}", "model.name.choices[1]"),
+    ("choice_wrong_type", "params: {model.heads: {type: categorical, choices: [4, eight]}}", "model.heads.choices[1]"),
+    ("duplicate_choice", "params: {model.heads: {type: categorical, choices: [4, 4]}}", "model.heads.choices[1]"),
+    ("high_outside_schema", "params: {model.dropout: {type: float, low: 0.0, high: 0.95}}", "model.dropout.high"),
+    ("low_outside_schema", "params: {model.res_blocks: {type: int, low: -1, high: 3}}", "model.res_blocks.low"),
+    ("missing_bound", "params: {model.dropout: {type: float, low: 0.0}}", "model.dropout.high"),
+    ("low_ge_high", "params: {train.lr: {type: float, low: 1.0e-2, high: 1.0e-3}}", "train.lr"),
+    ("low_eq_high", "params: {model.layers: {type: int, low: 2, high: 2}}", "model.layers"),
+    ("log_low_zero", "params: {train.weight_decay: {type: float, low: 0.0, high: 1.0e-3, log: true}}", "train.weight_decay.low"),
+    ("log_with_step", "params: {train.lr: {type: float, low: 0.001, high: 0.01, log: true, step: 0.001}}", "train.lr.step"),
+    ("int_on_float_key", "params: {train.grad_clip: {type: int, low: 0, high: 5}}", "train.grad_clip.type"),
+    ("float_on_int_key", "params: {model.layers: {type: float, low: 1, high: 3}}", "model.layers.type"),
+    ("categorical_backbones", "params: {backbones: {type: categorical, choices: [clap_audio]}}", "backbones.type"),
+    ("subset_not_list_key", "params: {model.name: {type: subset, choices: [hatr]}}", "model.name.type"),
+    ("when_undefined", "params: {model.heads: {type: categorical, choices: [4, 8], when: {model.name: late_fusion}}}", "model.heads.when.model.name"),
+    ("when_defined_later", f"params:\n  model.heads: {{type: categorical, choices: [4, 8], when: {{model.name: late_fusion}}}}\n  {NAME}\n", "model.heads.when.model.name"),
+    ("when_self", "params: {model.name: {type: categorical, choices: [hatr], when: {model.name: hatr}}}", "model.name.when.model.name"),
+    ("when_bad_value", f"params:\n  {NAME}\n  model.heads: {{type: categorical, choices: [4, 8], when: {{model.name: resnet}}}}\n", "model.heads.when.model.name"),
+    ("when_value_in_schema_not_choices", "params:\n  model.name: {type: categorical, choices: [hatr]}\n  model.heads: {type: categorical, choices: [4], when: {model.name: late_fusion}}\n", "model.heads.when.model.name"),
+    ("when_int_out_of_range", "params:\n  model.layers: {type: int, low: 1, high: 3}\n  model.heads: {type: int, low: 1, high: 8, when: {model.layers: 5}}\n", "model.heads.when.model.layers"),
+    ("when_on_float", f"params:\n  {LR}\n  model.heads: {{type: int, low: 1, high: 8, when: {{train.lr: 0.001}}}}\n", "model.heads.when.train.lr"),
+    ("subset_no_audio", "params: {backbones: {type: subset, choices: [clap_text, other_text]}}", "backbones.choices"),
+    ("subset_min_size", "params: {backbones: {type: subset, choices: [clap_audio, panns], min_size: 3}}", "backbones.min_size"),
+    ("subset_min_gt_max", "params: {backbones: {type: subset, choices: [clap_audio, panns], min_size: 2, max_size: 1}}", "backbones.min_size"),
+    ("subset_duplicate", "params: {backbones: {type: subset, choices: [clap_audio, clap_audio]}}", "backbones"),
+    ("unknown_metric", "objective: {metric: accuracy}", "objective.metric"),
+    ("bad_mode", "objective: {metric: oof_hF, mode: maximize}", "objective.mode"),
+    ("objective_field", "objective: {metrc: oof_hF}", "objective.metrc"),
+    ("resource_unknown", "resources: {gpus: 1}", "resources.gpus"),
+    ("resource_negative", "resources: {cpu: 1, gpu: -0.5}", "resources.gpu"),
+    ("fixed_bad_value", "fixed: {train.max_epochs: 0}", "fixed.train.max_epochs"),
+    ("fixed_bad_choice_on_base", "base: baseline_hatr\nfixed: {model.name: resnet}", "fixed.model.name"),
+    ("fixed_unknown_key", "fixed: {train.nope: 1}", "fixed.train.nope"),
+    ("fixed_and_param", f"fixed: {{train.lr: 0.001}}\nparams:\n  {LR}\n", "params.train.lr"),
+    ("fixed_text_only", "fixed: {backbones: [clap_text]}", "backbones"),
+    ("unknown_base", "base: no_such_preset", "base"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_space_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(SpaceError, match=re.escape(key)):
+        load_space(_write(tmp_path, text))
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="no such"):
+        load_space(tmp_path / "absent.yaml")
+    with pytest.raises(SpaceError, match="YAML"):
+        load_space(_write(tmp_path, "params: {a: [1,\n"))
+
+
+def test_invalid_base_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("model: {name: resnet}\n")
+    with pytest.raises(SpaceError, match=r"base .*broken\.yaml.*model\.name"):
+        load_space(_write(tmp_path, "base: broken.yaml\n"))
+
+
+def test_can_take() -> None:
+    mesh = load_space(SPACES / "mesh.yaml")
+    base = load_space(SPACES / "baseline.yaml")
+    assert mesh.can_take("data.crowd", "mix") and not base.can_take("data.crowd", "mix")
+    assert base.can_take("data.crowd", "none") and base.can_take("model.name", "hatr")
+    # a conditional parameter keeps its base value in trials where it is absent
+    assert mesh.can_take("model.heads", 8) and mesh.can_take("model.heads", 2)
+    assert not mesh.can_take("model.heads", 16)
+    assert mesh.can_take("train.lr", 1e-3) and not mesh.can_take("train.lr", 0.5)
+    assert mesh.can_take("backbones", ["clap_audio", "panns"])
+    assert not mesh.can_take("backbones", ["clap_text"])
+    with pytest.raises(SpaceError, match="model.nope"):
+        mesh.can_take("model.nope", 1)
+
+
+def test_conditional_backbones_fall_back_to_base(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, """
+        base: late_fusion
+        params:
+          model.name: {type: categorical, choices: [hatr, late_fusion]}
+          backbones: {type: subset, choices: [clap_audio, clap_text], when: {model.name: hatr}}
+    """))
+    assert space.backbones_needed() == ["clap_audio", "clap_text", "panns"]
+    (tmp_path / "text_only.yaml").write_text("backbones: [clap_text]\n")
+    with pytest.raises(SpaceError, match="no audio backbone"):
+        load_space(_write(tmp_path, """
+            base: text_only.yaml
+            params:
+              model.name: {type: categorical, choices: [hatr, late_fusion]}
+              backbones: {type: subset, choices: [clap_audio, clap_text], when: {model.name: hatr}}
+        """))

@@ -1,0 +1,93 @@
+"""MLflow schema and SQLite safety of the tracking module."""
+
+import json
+import multiprocessing as mp
+
+import pytest
+
+from bst_search import config, tracking
+
+
+def _log_many(uri: str, workdir: str, tag: str, n: int) -> None:
+    cl = tracking.client(uri)
+    exp = tracking.ensure_experiment(cl, "concurrent", workdir, uri)
+    cfg = config.defaults()
+    for i in range(n):
+        rid = tracking.start_trial_run(cl, exp, sweep=tag, trial_id=f"{tag}-{i}", cfg=cfg,
+                                       fingerprints={"data_fp": "d", "fold_fp": "f"})
+        tracking.log_fold(cl, rid, {"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4})
+        tracking.finish_trial_run(cl, rid, metrics={"oof_hF": 0.5}, artifacts_dir=None,
+                                  status="FINISHED", bst_status="complete")
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://h:5000")
+    assert tracking.tracking_uri(tmp_path) == "http://h:5000"
+    assert tracking.tracking_uri(tmp_path, "http://x:1") == "http://x:1"
+    assert tracking.artifact_location(tmp_path, "http://h:5000") is None
+
+
+def test_two_processes_write_one_sqlite_store_without_loss(tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    tracking.ensure_experiment(tracking.client(uri), "concurrent", tmp_path, uri)  # schema once
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_log_many, args=(uri, str(tmp_path), t, 15)) for t in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cl = tracking.client(uri)
+    exp = cl.get_experiment_by_name("concurrent").experiment_id
+    runs = tracking.find_runs(cl, exp, status="FINISHED")
+    assert len(runs) == 30
+    assert len({r.data.tags[tracking.TRIAL_ID] for r in runs}) == 30
+    assert all(r.data.metrics["oof_hF"] == 0.5 for r in runs)
+
+
+def test_trial_run_schema(tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    cl = tracking.client(uri)
+    exp = tracking.ensure_experiment(cl, "schema", tmp_path, uri)
+    cfg = config.load("baseline_hatr")
+    rid = tracking.start_trial_run(cl, exp, sweep="s1", trial_id="t1", cfg=cfg,
+                                   fingerprints={"data_fp": "D", "fold_fp": "F", "eval_fp": "E"})
+    for k in range(3):
+        tracking.log_fold(cl, rid, {"fold": k, "fold_hF": 0.1 * k, "fold_hF_strict": 0.1 * k})
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "metrics.json").write_text(json.dumps({"oof_hF": 0.7}))
+    (art / "config.yaml").write_text("seed: 1\n")
+    tracking.finish_trial_run(cl, rid, metrics={"oof_hF": 0.7, "oof_hF_strict": 0.6,
+                                                "oof_hF_fx-a": 0.5, "oof_hF_ss-s": float("nan")},
+                              artifacts_dir=art, status="FINISHED", bst_status="complete")
+    run = cl.get_run(rid)
+    t = run.data.tags
+    assert (t["bst.kind"], t["bst.sweep"], t["bst.trial_id"]) == ("trial", "s1", "t1")
+    assert (t["bst.data_fp"], t["bst.fold_fp"], t["bst.eval_fp"]) == ("D", "F", "E")
+    assert t["bst.backbones"] == "clap_audio,clap_text" and t["bst.status"] == "complete"
+    assert run.data.params["model.name"] == "hatr" and run.data.params["train.lr"] == "0.001"
+    assert run.data.metrics["oof_hF"] == 0.7 and run.data.metrics["hF_fx-a"] == 0.5
+    assert "hF_ss-s" not in run.data.metrics
+    assert [m.step for m in cl.get_metric_history(rid, "fold_hF")] == [0, 1, 2]
+    assert {a.path for a in cl.list_artifacts(rid)} == {"metrics.json", "config.yaml"}
+    assert run.info.status == "FINISHED"
+
+
+def test_close_interrupted_marks_running_runs_killed(tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    cl = tracking.client(uri)
+    exp = tracking.ensure_experiment(cl, "kill", tmp_path, uri)
+    cfg = config.defaults()
+    a = tracking.start_trial_run(cl, exp, sweep="s", trial_id="a", cfg=cfg, fingerprints={})
+    b = tracking.start_trial_run(cl, exp, sweep="s", trial_id="b", cfg=cfg, fingerprints={})
+    assert tracking.close_interrupted(cl, exp, "s", keep=[b]) == [a]
+    assert cl.get_run(a).info.status == "KILLED"
+    assert cl.get_run(b).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///x.db"])
+def test_ui_command_names_the_store(uri, tmp_path):
+    assert uri in tracking.ui_command(uri, tmp_path)
