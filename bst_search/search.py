@@ -304,6 +304,14 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _short(value: str | None) -> str | None:
+    """MLflow params are strings; show floats with 4 significant digits in the table."""
+    try:
+        return f"{float(value):.4g}" if value is not None and "." in value else value
+    except ValueError:
+        return value
+
+
 def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, top: int = 10) -> dict[str, Any]:
     """Top trials of the sweep from MLflow, with their key parameters."""
     import pandas as pd
@@ -314,7 +322,7 @@ def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, to
         row = {"trial": r.data.tags.get(tracking.TRIAL_ID), "status": r.data.tags.get(tracking.STATUS),
                "run_id": r.info.run_id[:8]}
         row.update({k: r.data.metrics.get(k) for k in ("oof_hF", "oof_hF_strict", "fold_hF_std")})
-        row.update({k: r.data.params.get(k) for k in list(space.params)[:6]})
+        row.update({k: _short(r.data.params.get(k)) for k in list(space.params)[:6]})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):
