@@ -75,7 +75,8 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
         metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
                             on_fold=on_fold)
         last = metrics["folds"][-1]
-        final = {**_report_metrics(metrics), "fold": last["fold"], "folds_done": n_folds,
+        per_fold = {f"fold{r['fold']}_{k}": r[k] for r in metrics["folds"] for k in ("hF", "hF_strict")}
+        final = {**_report_metrics(metrics), **per_fold, "fold": last["fold"], "folds_done": n_folds,
                  "fold_hF": last["hF"], "fold_hF_strict": last["hF_strict"],
                  "running_hF_strict": metrics["fold_hF_strict_mean"], "trial_status": "complete"}
         if metric not in final:
@@ -94,6 +95,29 @@ def _tune_callback_base():
     return tune.Callback
 
 
+def _optuna_search_base():
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch
+
+
+class ResumableOptunaSearch(_optuna_search_base()):  # type: ignore[misc]
+    """``OptunaSearch`` whose RDB study may be ahead of Tune's restored experiment state.
+
+    When the driver dies between a trial's completion (told to the study at once) and the
+    next save of Tune's experiment state, the resumed sweep replays that trial from its last
+    checkpoint; the study already holds its final value, which is kept.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
     """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
 
@@ -104,9 +128,17 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
         self._client: Any = None
         self._exp_id: str | None = None
         self._runs: dict[str, str] = {}
+        self._done: set[str] = set()  # trials whose FINISHED run exists (replayed on resume)
+        self._folds_logged: dict[str, set[int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # pickled with the Tune experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set(), "_folds_logged": {}}
+
+    def _finished_before(self, trial_id: str) -> bool:
+        if trial_id not in self._done and tracking.find_runs(
+                self.client, self._exp_id, sweep=self.sweep, trial_id=trial_id, status="FINISHED"):
+            self._done.add(trial_id)
+        return trial_id in self._done
 
     @property
     def client(self) -> Any:
@@ -124,11 +156,13 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
+        if not self._finished_before(trial.trial_id):
+            self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "fold" in result:
+        if "fold" in result and not self._finished_before(trial.trial_id):
             tracking.log_fold(self.client, self.run_id(trial), result)
+            self._folds_logged.setdefault(trial.trial_id, set()).add(int(result["fold"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint)
@@ -143,7 +177,7 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
     def finish(self, trial_id: str, result: dict[str, Any], checkpoint: Any) -> None:
         """Close a trial's run as FINISHED, once: complete with artifacts, or early-stopped."""
         cl = self.client
-        if tracking.find_runs(cl, self._exp_id, sweep=self.sweep, trial_id=trial_id, status="FINISHED"):
+        if self._finished_before(trial_id):
             self._runs.pop(trial_id, None)
             return
         run_id = self._runs.pop(trial_id, None)
@@ -152,6 +186,11 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
             run_id = tracking.start_trial_run(cl, self._exp_id, sweep=self.sweep, trial_id=trial_id,
                                               cfg=cfg, fingerprints=self.fingerprints)
         complete = result.get("trial_status") == "complete" and checkpoint is not None
+        logged = self._folds_logged.pop(trial_id, set())
+        for k in range(self.n_folds):  # folds finished before a restart, into this run too
+            if k not in logged and f"fold{k}_hF" in result:
+                tracking.log_fold(cl, run_id, {"fold": k, "fold_hF": result[f"fold{k}_hF"],
+                                               "fold_hF_strict": result[f"fold{k}_hF_strict"]})
         if complete:
             with checkpoint.as_directory() as d:
                 tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
@@ -161,6 +200,7 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
             tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
                                       status="FINISHED", bst_status="early_stopped",
                                       note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
+        self._done.add(trial_id)
 
 
 def _scheduler(name: str, metric: str, mode: str, n_folds: int):
@@ -209,7 +249,6 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from bst_search.data import load_dataset
     from bst_search.folds import assign_folds, fold_fingerprint
@@ -275,7 +314,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
                                    resume_errored=True)
     else:
         storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=None)
-        searcher = OptunaSearch(space=space.sample, metric=space.metric, mode=space.mode,
+        searcher = ResumableOptunaSearch(space=space.sample, metric=space.metric, mode=space.mode,
                                 sampler=optuna.samplers.TPESampler(seed=args.seed, multivariate=True,
                                                                    group=True),
                                 study_name=state["sweep"], storage=storage)

@@ -20,6 +20,18 @@ CACHE_ENV = "BST_CACHE_DIR"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tests train many tiny models: one intra-op thread is faster and steadier on a shared
+    2-core machine than two threads contending with the other processes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache directory for fixtures wider than one test (module or session scope)."""
     path = tmp_path_factory.mktemp("bst-cache-session")

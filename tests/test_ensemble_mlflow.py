@@ -12,7 +12,6 @@ import yaml
 
 from bst_search.ensemble import main, score_submission
 from bst_search.ensemble.candidates import (
-    default_tracking_uri,
     load_candidates,
     read_eval_ids,
 )
@@ -106,7 +105,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     workdir = root / "bst-runs"
     workdir.mkdir()
-    uri = default_tracking_uri(workdir)
+    uri = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"  # the search driver's default store
     client = MlflowClient(uri)
     exp_id = client.create_experiment("exp", artifact_location=(workdir / "mlartifacts").as_uri())
     art = root / "src"

@@ -168,10 +168,15 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
         pytest.skip(f"no PostgreSQL server at {PG} (CI and dev machines run one)")
     import psycopg
 
-    db = f"bst_{uuid.uuid4().hex[:8]}"
+    # two databases, as on a cluster: MLflow's and Optuna's schemas both use alembic's
+    # version table, so they cannot share one
+    tag = uuid.uuid4().hex[:8]
+    dbs = {"mlflow": f"bst_mlflow_{tag}", "optuna": f"bst_optuna_{tag}"}
     conn = psycopg.connect(PG, autocommit=True)
-    conn.execute(f"CREATE DATABASE {db}")
-    backend = PG.rsplit("/", 1)[0] + f"/{db}"
+    for db in dbs.values():
+        conn.execute(f"CREATE DATABASE {db}")
+    backend = PG.rsplit("/", 1)[0] + f"/{dbs['mlflow']}"
+    optuna_url = PG.rsplit("/", 1)[0] + f"/{dbs['optuna']}"
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
@@ -189,16 +194,17 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
                 assert server.poll() is None, "the MLflow server did not start"
                 time.sleep(0.5)
         r = subprocess.run(_search_cmd(tiny_data, tmp_path, "cluster", 2, "--tracking-uri", uri,
-                                       "--optuna-storage", backend),
+                                       "--optuna-storage", optuna_url),
                            env=_env(), capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         dev = load_dataset(tiny_data["dev"])
         _check_complete_runs(uri, "cluster", 2, list(dev.ids))
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
         assert any((tmp_path / "server-artifacts").rglob("oof.parquet"))
-        assert _optuna_states(backend, _sweep_id(tmp_path, "cluster")) == {"COMPLETE": 2}
+        assert _optuna_states(optuna_url, _sweep_id(tmp_path, "cluster")) == {"COMPLETE": 2}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        for db in dbs.values():
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.close()
