@@ -101,7 +101,7 @@ def _fold_seed(seed: int, k: int) -> int:
 
 def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None = None, crowd: Dataset | None = None,
-             device: Any = None) -> dict[str, Any]:
+             device: Any = None, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train fold k and predict its held-out rows (and the evaluation set)."""
     from bst_search import training  # torch import deferred: data-only commands stay fast
 
@@ -121,7 +121,7 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     t0 = time.perf_counter()
     fit = training.fit(cfg, X_train, y_train, [x[val_idx] for x in X_dev], dev.y[val_idx],
                        modalities=modalities, seed=_fold_seed(cfg["seed"], k),
-                       sample_weight=weights, device=device)
+                       sample_weight=weights, device=device, on_epoch=on_epoch)
     test_idx = np.flatnonzero(fold == k)
     proba = training.predict_proba(fit.model, [x[test_idx] for x in X_dev], device=device)
     eval_proba = None
@@ -135,6 +135,20 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
         "best_epoch": fit.best_epoch, "epochs": fit.epochs, "best_val_hF": fit.best_val_hF,
         "seconds": time.perf_counter() - t0, "model_seconds": fit.model_seconds,
     }
+
+
+def _epoch_logger(log: Callable[[str], None] | None, k: int,
+                  every: int = 10) -> Callable[[dict], None] | None:
+    """Progress of a long fold: one line every ``every`` epochs."""
+    if log is None:
+        return None
+
+    def on_epoch(h: dict) -> None:
+        if h["epoch"] % every == 0:
+            log(f"  fold {k} epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
+                f"val hF {h['val_hF']:.4f} ({h['seconds']:.1f}s/epoch)")
+
+    return on_epoch
 
 
 def _save_fold(path: Path, res: dict[str, Any]) -> None:
@@ -195,7 +209,7 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
             res, resumed = _load_fold(path), True
         else:
             res, resumed = run_fold(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd,
-                                    device=device), False
+                                    device=device, on_epoch=_epoch_logger(log, k)), False
             _save_fold(path, res)
         results.append(res)
         running = float(np.mean([r["hF_strict"] for r in results]))
