@@ -29,7 +29,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the work dir)")
     p.add_argument("--tune-storage", help="Ray Tune storage shared by all nodes (s3://... or NFS); "
                    "default: $BST_TUNE_STORAGE, else <workdir>/tune")
-    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: sqlite:///<workdir>/optuna.db)")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: $BST_OPTUNA_STORAGE, else "
+                   "sqlite:///<workdir>/optuna.db)")
     p.add_argument("--address", help="Ray address ('auto' on a running cluster); default: local Ray")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--scheduler", choices=("asha", "median", "none"),

@@ -290,7 +290,8 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
         state_path.write_text(json.dumps(state, indent=1))
 
     uri = tracking.tracking_uri(workdir, args.tracking_uri)
-    storage_url = args.optuna_storage or f"sqlite:///{workdir / 'optuna.db'}"
+    storage_url = (args.optuna_storage or os.environ.get("BST_OPTUNA_STORAGE")
+                   or f"sqlite:///{workdir / 'optuna.db'}")
     logger = MlflowTrialLogger(uri, str(workdir), args.experiment, state["sweep"], fps, space, args.folds)
     if args.resume:  # runs left open by the dead driver
         closed = tracking.close_interrupted(logger.client, logger._exp_id, state["sweep"])
