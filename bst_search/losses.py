@@ -8,7 +8,6 @@ A loss class registers itself with :func:`register_loss` and provides
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,34 +15,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bst_search.config import ConfigError
+from bst_search.registry import Registry
 from bst_search.taxonomy import N_CLASSES, N_TOP, PARENT
 
-LOSSES: dict[str, type[nn.Module]] = {}
-
-L = TypeVar("L", bound=type[nn.Module])
-
-
-def register_loss(name: str) -> Callable[[L], L]:
-    """Class decorator: make the loss buildable as ``loss.name: <name>``."""
-
-    def deco(cls: L) -> L:
-        if name in LOSSES and LOSSES[name] is not cls:
-            raise ValueError(f"loss {name!r} is already registered by {LOSSES[name].__qualname__}")
-        if not hasattr(cls, "from_config"):
-            raise TypeError(f"loss {name!r}: {cls.__qualname__} has no from_config classmethod")
-        LOSSES[name] = cls
-        return cls
-
-    return deco
+LOSSES = Registry("loss.name")
+register_loss = LOSSES.register
 
 
 def build_loss(cfg: dict, class_counts: np.ndarray | None) -> nn.Module:
     """Instantiate ``cfg["loss"]["name"]``; ``class_counts`` (23,) are the training part's
     label counts (needed for class weighting, else may be None)."""
-    name = cfg["loss"]["name"]
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name: unknown loss {name!r}; registered: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name].from_config(cfg, class_counts)
+    return LOSSES.lookup(cfg["loss"]["name"]).from_config(cfg, class_counts)
 
 
 def inverse_freq_weights(class_counts: np.ndarray) -> np.ndarray:

@@ -24,7 +24,6 @@ gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import string
 from collections.abc import Sequence
@@ -452,23 +451,3 @@ def make_synthetic(out: Path, *, n: int = 11000, crowd_n: int = 0, eval_n: int =
         paths["eval"] = ev
         paths["eval_labels"] = targets["eval_labels"]
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m bst_search.synth OUT``: write a synthetic dataset."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--n", type=int, default=11000)
-    ap.add_argument("--crowd-n", type=int, default=0)
-    ap.add_argument("--eval-n", type=int, default=3246)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true")
-    a = ap.parse_args(argv)
-    paths = make_synthetic(a.out, n=a.n, crowd_n=a.crowd_n, eval_n=a.eval_n, seed=a.seed,
-                           progress=True, overwrite=a.overwrite)
-    for k, p in paths.items():
-        print(f"{k}: {p}")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,15 +13,6 @@ DIMS = {1: [16], 2: [16, 24], 3: [16, 24, 12]}
 MODS = {1: ["audio"], 2: ["audio", "text"], 3: ["audio", "audio", "text"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to oversubscribed CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_cfg(name: str, **over: object) -> dict:
     base = {"model.name": name, "model.hidden": 32, "model.heads": 4, "model.res_blocks": 1}
     return load(None, {**base, **over})

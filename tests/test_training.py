@@ -26,15 +26,6 @@ CLASSES = [0, 3, 8, 11, 16, 19]  # spread over the 5 top levels
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to oversubscribed CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy(n: int = 300, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
     """Gaussian classes: a clean 16-dim 'audio' view and a noisier 24-dim 'text' view."""
     rng = np.random.default_rng(seed)

@@ -8,31 +8,14 @@ architecture is one decorated class in one file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import torch.nn as nn
 
 from bst_search.config import ConfigError
+from bst_search.registry import Registry
 from bst_search.taxonomy import N_CLASSES
 
-MODELS: dict[str, type[nn.Module]] = {}
-
-M = TypeVar("M", bound=type[nn.Module])
-
-
-def register_model(name: str) -> Callable[[M], M]:
-    """Class decorator: make the model buildable as ``model.name: <name>``."""
-
-    def deco(cls: M) -> M:
-        if name in MODELS and MODELS[name] is not cls:
-            raise ValueError(f"model {name!r} is already registered by {MODELS[name].__qualname__}")
-        if not hasattr(cls, "from_config"):
-            raise TypeError(f"model {name!r}: {cls.__qualname__} has no from_config classmethod")
-        MODELS[name] = cls
-        return cls
-
-    return deco
+MODELS = Registry("model.name")
+register_model = MODELS.register
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -58,9 +41,7 @@ def build_model(cfg: dict, input_dims: list[int], modalities: list[str],
     ``input_dims[i]`` and ``modalities[i]`` ("audio" or "text") describe backbone
     ``cfg["backbones"][i]``; the model's ``forward(xs)`` takes the embeddings in that order.
     """
-    name = cfg["model"]["name"]
-    if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    cls = MODELS.lookup(cfg["model"]["name"])
     if not input_dims:
         raise ValueError("build_model: need at least one backbone")
     if len(modalities) != len(input_dims):
@@ -68,7 +49,7 @@ def build_model(cfg: dict, input_dims: list[int], modalities: list[str],
     bad = [m for m in modalities if m not in ("audio", "text")]
     if bad:
         raise ValueError(f"build_model: modalities must be 'audio' or 'text', got {bad}")
-    model = MODELS[name].from_config(cfg, list(input_dims), list(modalities), n_classes)
+    model = cls.from_config(cfg, list(input_dims), list(modalities), n_classes)
     init_weights(model, cfg["model"]["init"])
     return model
 
