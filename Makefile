@@ -27,7 +27,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_data.py --skip-difficulty
 	$(BIN)/python benchmarks/bench_trial.py
+	$(BIN)/python benchmarks/bench_ensemble.py
+	$(BIN)/python benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) bst-runs
