@@ -141,6 +141,11 @@ class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
         return trial_id in self._done
 
     @property
+    def experiment_id(self) -> str:
+        self.client  # noqa: B018 - creates the experiment on first use
+        return self._exp_id
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             self._client = tracking.client(self.uri)
@@ -229,13 +234,13 @@ def _reconcile(logger: MlflowTrialLogger, results: Any, storage_url: str, study_
         if res.error is None:
             logger.finish(trial_id, {**res.metrics, "config": res.config}, res.checkpoint)
             finished += 1
-    killed = tracking.close_interrupted(logger.client, logger._exp_id, logger.sweep)
+    killed = tracking.close_interrupted(logger.client, logger.experiment_id, logger.sweep)
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # orphaned by a crash
         stale += 1
     return {"finished": finished, "killed": len(killed), "optuna_stale": stale}
 
@@ -295,7 +300,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
                    or f"sqlite:///{workdir / 'optuna.db'}")
     logger = MlflowTrialLogger(uri, str(workdir), args.experiment, state["sweep"], fps, space, args.folds)
     if args.resume:  # runs left open by the dead driver
-        closed = tracking.close_interrupted(logger.client, logger._exp_id, state["sweep"])
+        closed = tracking.close_interrupted(logger.client, logger.experiment_id, state["sweep"])
         print(f"resuming sweep {state['sweep']}: {len(closed)} interrupted run(s) marked KILLED")
 
     cpu = args.cpus_per_trial if args.cpus_per_trial is not None else space.resources.get("cpu", 1)
@@ -357,7 +362,7 @@ def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, to
     """Top trials of the sweep from MLflow, with their key parameters."""
     import pandas as pd
 
-    runs = tracking.find_runs(logger.client, logger._exp_id, sweep=logger.sweep, status="FINISHED")
+    runs = tracking.find_runs(logger.client, logger.experiment_id, sweep=logger.sweep, status="FINISHED")
     rows = []
     for r in runs:
         row = {"trial": r.data.tags.get(tracking.TRIAL_ID), "status": r.data.tags.get(tracking.STATUS),
