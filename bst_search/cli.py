@@ -7,7 +7,6 @@ data-only commands start quickly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -102,17 +101,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from bst_search.ensemble import main
+    from bst_search.ensemble import execute
 
-    return main(args.rest)
+    return execute(args)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from bst_search.ensemble.submission import score_submission
+    from bst_search.ensemble import score_execute
 
-    res = score_submission(Path(args.submission), Path(args.labels))
-    print(json.dumps(res, indent=1))
-    return 0
+    return score_execute(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -156,14 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_arguments(s)
     s.set_defaults(func=_cmd_search)
 
-    s = sub.add_parser("ensemble", help="greedy ensemble selection over an experiment's trials",
-                       add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    from bst_search.ensemble.cli import add_arguments
+    from bst_search.ensemble.submission import add_score_arguments
+
+    s = sub.add_parser("ensemble", help="greedy ensemble selection over an experiment's trials")
+    add_arguments(s)
     s.set_defaults(func=_cmd_ensemble)
 
     s = sub.add_parser("score", help="score a submission CSV against a label file (official metric)")
-    s.add_argument("--submission", required=True)
-    s.add_argument("--labels", required=True)
+    add_score_arguments(s)
     s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")

@@ -1,0 +1,35 @@
+"""The top-level command line wires every subcommand."""
+
+import pandas as pd
+import pytest
+
+from bst_search.cli import build_parser, main
+
+
+def test_every_subcommand_is_wired():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"synth", "data", "trial", "search", "ensemble", "score", "demo"}
+
+
+@pytest.mark.parametrize("cmd", ["ensemble", "score", "search", "trial"])
+def test_subcommand_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: bst-search " + cmd in capsys.readouterr().out
+
+
+def test_score_a_submission(tmp_path, capsys):
+    sub = tmp_path / "submission.csv"
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], "predicted_bst_second_level_class": ["fx-a", "fx-v", "m-sp"],
+                  "prediction_score": [0.9, 0.8, 0.7]}).to_csv(sub, index=False)
+    pd.DataFrame({"id": ["a", "b", "c"], "class": ["fx-a", "fx-a", "m-sp"]}).to_csv(labels, index=False)
+    assert main(["score", "--submission", str(sub), "--labels", str(labels)]) == 0
+    assert "official hF" in capsys.readouterr().out
+
+
+def test_data_summary(tiny_data, capsys):
+    assert main(["data", "--data", str(tiny_data["dev"])]) == 0
+    out = capsys.readouterr().out
+    assert "excluded" in out and "clap_audio" in out
