@@ -29,7 +29,6 @@ from bst_search.folds import assign_folds, fold_fingerprint, train_val_split
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
 FoldCallback = Callable[[dict[str, Any]], None]
-OUTPUT_FILES = ("oof.parquet", "metrics.json", "config.yaml")
 
 
 def _config_hash(cfg: dict[str, Any]) -> str:

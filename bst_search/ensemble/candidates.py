@@ -304,28 +304,23 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
         raise CandidateError(f"experiment {experiment!r} has no FINISHED trial run "
                              f"({len(runs)} trial runs in all)")
 
-    dfp = _majority([r.data.tags.get("bst.data_fp", "") for r in finished],
-                    "data fingerprint (bst.data_fp)", data_fp, "--data-fp")
-    same_data = []
-    for run in finished:
-        fp = run.data.tags.get("bst.data_fp", "")
-        if fp != dfp:
-            left.append(LeftOut(run.info.run_id, trial_of(run),
-                                f"data fingerprint {fp or '(none)'} differs from {dfp}"))
-        else:
-            same_data.append(run)
+    def same_fingerprint(runs: list, tag: str, what: str, given: str | None, flag: str) -> tuple[str, list]:
+        """The majority (or given) value of a fingerprint tag; runs with another are left out."""
+        want = _majority([r.data.tags.get(tag, "") for r in runs], f"{what} ({tag})", given, flag)
+        kept = []
+        for run in runs:
+            fp = run.data.tags.get(tag, "")
+            if fp != want:
+                left.append(LeftOut(run.info.run_id, trial_of(run),
+                                    f"{what} {fp or '(none)'} differs from {want}"))
+            else:
+                kept.append(run)
+        return want, kept
+
+    dfp, same_data = same_fingerprint(finished, "bst.data_fp", "data fingerprint", data_fp, "--data-fp")
     if not same_data:
         raise CandidateError(f"no FINISHED trial run has data fingerprint {dfp}")
-    ffp = _majority([r.data.tags.get("bst.fold_fp", "") for r in same_data],
-                    "fold fingerprint (bst.fold_fp)", fold_fp, "--fold-fp")
-    pending = []
-    for run in same_data:
-        fp = run.data.tags.get("bst.fold_fp", "")
-        if fp != ffp:
-            left.append(LeftOut(run.info.run_id, trial_of(run),
-                                f"fold fingerprint {fp or '(none)'} differs from {ffp}"))
-        else:
-            pending.append(run)
+    ffp, pending = same_fingerprint(same_data, "bst.fold_fp", "fold fingerprint", fold_fp, "--fold-fp")
 
     # pass 1: fetch and check each table alone; remember id sets for the majority vote
     checked: list[tuple[Any, dict[str, Path | None], str, str | None]] = []
