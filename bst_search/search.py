@@ -28,6 +28,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+# read by Ray when it is imported or started, so set before the import
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLIReporter)
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from ray import tune  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
 from bst_search import tracking
 from bst_search.config import SCHEMA
 
@@ -45,7 +54,6 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
              n_folds: int) -> None:
     """Ray Tune function trainable: one cross-validated trial, reporting after every fold."""
     import torch
-    from ray import tune
 
     from bst_search.trial import run_trial
 
@@ -89,19 +97,7 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
 # --------------------------------------------------------------------------- driver side
 
 
-def _tune_callback_base():
-    from ray import tune
-
-    return tune.Callback
-
-
-def _optuna_search_base():
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-class ResumableOptunaSearch(_optuna_search_base()):  # type: ignore[misc]
+class ResumableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose RDB study may be ahead of Tune's restored experiment state.
 
     When the driver dies between a trial's completion (told to the study at once) and the
@@ -118,7 +114,7 @@ class ResumableOptunaSearch(_optuna_search_base()):  # type: ignore[misc]
             pass
 
 
-class MlflowTrialLogger(_tune_callback_base()):  # type: ignore[misc]
+class MlflowTrialLogger(tune.Callback):
     """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
 
     def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
@@ -247,13 +243,8 @@ def _reconcile(logger: MlflowTrialLogger, results: Any, storage_url: str, study_
 
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) a sweep; return a summary with the top trials."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLIReporter)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import optuna
     import ray
-    from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from bst_search.data import load_dataset
