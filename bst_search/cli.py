@@ -16,7 +16,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``bst-search search`` and ``launch/search.py``."""
     p.add_argument("--data", required=True, help="development dataset root (official layout)")
     p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
-    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd=mix")
+    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
     p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
     p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
     p.add_argument("--trials", type=int, default=20)

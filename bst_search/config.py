@@ -39,21 +39,54 @@ SCHEMA: dict[str, Spec] = {
     "seed": Spec(0, int, low=0, doc="seed of model init, batching and augmentation"),
     "backbones": Spec(["clap_audio", "clap_text"], list, doc="embedding folders to use, in order"),
     # model
-    "model.name": Spec("hatr", str, ("hatr", "late_fusion"), doc="registered model"),
-    "model.hidden": Spec(128, int, low=8, high=4096, doc="shared width of the encoders"),
+    "model.name": Spec("hatr", str, ("hatr", "late_fusion"),
+                       doc="hatr: the official baseline, fixed layout; late_fusion: encoder x fusion x head"),
+    "model.hidden": Spec(128, int, low=8, high=4096, doc="width of the encoders and the fused vector"),
     "model.dropout": Spec(0.1, float, low=0.0, high=0.9),
-    "model.batch_norm": Spec(True, bool, doc="HATR: batch norm in encoders and residual blocks"),
-    "model.res_blocks": Spec(3, int, low=0, high=8, doc="HATR: residual blocks per encoder"),
+    "model.batch_norm": Spec(True, bool, doc="hatr encoders: batch norm in encoders and residual blocks"),
+    "model.res_blocks": Spec(3, int, low=0, high=8, doc="hatr encoders: residual blocks per encoder"),
     "model.init": Spec("xavier_uniform", str, ("xavier_uniform", "torch_default")),
-    "model.heads": Spec(8, int, low=1, high=32, doc="late_fusion: attention heads"),
-    "model.layers": Spec(1, int, low=1, high=8, doc="late_fusion: Transformer encoder layers"),
-    "model.ff_mult": Spec(4, int, low=1, high=8, doc="late_fusion: feed-forward width / hidden"),
-    # loss
-    "loss.name": Spec("hierarchical_ce", str, ("hierarchical_ce",)),
-    "loss.label_smoothing": Spec(0.01, float, low=0.0, high=0.5),
-    "loss.class_weights": Spec("none", str, ("none", "inverse_freq"), doc="fine CE class weights"),
-    "loss.alpha": Spec(0.0, float, low=0.0, high=10.0, doc="weight of the coarse (top-level) CE"),
+    "model.encoder": Spec("linear", str, ("linear", "hatr"),
+                          doc="late_fusion: per-backbone encoder (linear: 000/003, hatr: 001)"),
+    "model.linear_layers": Spec(1, int, low=1, high=4, doc="linear encoder: Linear layers (GELU between)"),
+    "model.fusion": Spec("transformer", str, ("concat", "attention", "transformer", "gated"),
+                         doc="late_fusion: how the backbones' encodings are combined"),
+    "model.heads": Spec(8, int, low=1, high=32, doc="transformer fusion: attention heads"),
+    "model.layers": Spec(1, int, low=1, high=8, doc="transformer fusion: encoder layers"),
+    "model.ff_mult": Spec(4, int, low=1, high=8, doc="transformer fusion: feed-forward width / hidden"),
+    "model.pool": Spec("mean", str, ("mean", "cls"), doc="transformer fusion: token pooling"),
+    "model.head": Spec("flat", str, ("flat", "gc", "lcl", "proxy"),
+                       doc="late_fusion: classifier head (gc, lcl: 002; proxy: 003)"),
+    "model.head_depth": Spec(2, int, low=0, high=6, doc="residual MLP blocks in the head"),
+    "model.proxy_dim": Spec(128, int, low=8, high=1024, doc="proxy head: embedding width"),
+    "model.proxy_tau": Spec(0.07, float, low=0.01, high=1.0,
+                            doc="proxy head: temperature of the cosine logits and of loss.proxy"),
+    # loss: a sum of terms, each with its weight (0 = off)
+    "loss.ce": Spec(1.0, float, low=0.0, high=10.0, doc="weight of the fine (second-level) CE"),
+    "loss.label_smoothing": Spec(0.01, float, low=0.0, high=0.5, doc="fine, coarse and top CE"),
+    "loss.class_weights": Spec("none", str, ("none", "inverse_freq"), doc="fine CE / focal class weights"),
+    "loss.alpha": Spec(0.0, float, low=0.0, high=10.0, doc="weight of the coarse CE from child logits (000)"),
     "loss.coarse": Spec("logsumexp", str, ("logsumexp", "sum"), doc="children logits -> top logits"),
+    "loss.top": Spec(0.0, float, low=0.0, high=10.0,
+                     doc="weight of the CE on the head's own top-level output (gc, lcl, proxy)"),
+    "loss.focal": Spec(0.0, float, low=0.0, high=10.0, doc="weight of the fine focal loss (003)"),
+    "loss.focal_gamma": Spec(2.0, float, low=0.0, high=10.0),
+    "loss.proxy": Spec(0.0, float, low=0.0, high=10.0,
+                       doc="weight of the hierarchical proxy loss, five terms (003; proxy head)"),
+    "loss.proxy_margin": Spec(0.0, float, low=-1.0, high=1.0,
+                              doc="proxy loss: cosine above which proxies are pushed apart"),
+    "loss.proxy_anchor": Spec(0.0, float, low=0.0, high=10.0, doc="weight of Proxy Anchor (003; proxy head)"),
+    "loss.pa_margin": Spec(0.1, float, low=0.0, high=1.0, doc="Proxy Anchor margin delta"),
+    "loss.pa_alpha": Spec(32.0, float, low=1.0, high=128.0, doc="Proxy Anchor scale alpha"),
+    "loss.supcon": Spec(0.0, float, low=0.0, high=10.0,
+                        doc="weight of supervised contrastive loss on top-level labels (004)"),
+    "loss.supcon_tau": Spec(0.5, float, low=0.01, high=2.0),
+    "loss.top_penalty": Spec(0.0, float, low=0.0, high=10.0,
+                             doc="weight of the expected top-level error 1 - P(true top) (004)"),
+    "loss.knn_distill": Spec(0.0, float, low=0.0, high=10.0,
+                             doc="weight of KL(p_knn || p_model), bank = the fold's training rows (002)"),
+    "loss.knn_k": Spec(10, int, low=1, high=1000),
+    "loss.knn_tau": Spec(0.1, float, low=0.001, high=10.0, doc="similarity temperature of the KNN target"),
     # training
     "train.optimizer": Spec("adam", str, ("adam", "adamw")),
     "train.lr": Spec(1e-3, float, low=1e-6, high=1.0),
@@ -72,15 +105,32 @@ SCHEMA: dict[str, Spec] = {
     "train.mask_mode": Spec("count", str, ("count", "bernoulli", "none"),
                             doc="count: zero 1..mask_p*dim random dims; bernoulli: each dim with p"),
     "train.mask_p": Spec(0.7, float, low=0.0, high=1.0),
+    "train.mixup_alpha": Spec(0.0, float, low=0.0, high=10.0, doc="mixup Beta(a, a); 0 = off"),
     # data strategy: changes only the training part of each fold
     "data.min_confidence": Spec(0, int, low=0, high=5, doc="drop training rows below this confidence"),
     "data.confidence_weighting": Spec(False, bool, doc="weight training rows by confidence / 5"),
-    "data.crowd": Spec("none", str, ("none", "mix"), doc="add the crowd set to every fold's training"),
-    "data.crowd_per_uploader": Spec(0, int, low=0, doc="cap crowd rows per (uploader, class), 0 = no cap"),
+    "data.crowd": Spec("none", str, ("none", "all", "teacher", "el2n", "uploader_cap", "union",
+                                     "intersection"),
+                       doc="which crowd rows (--crowd-data) join every fold's training part"),
+    "data.crowd_per_uploader": Spec(200, int, low=1, doc="uploader_cap: rows per (uploader, class)"),
+    "data.crowd_a": Spec("teacher", str, ("teacher", "el2n", "uploader_cap"),
+                         doc="union/intersection: first filter"),
+    "data.crowd_b": Spec("el2n", str, ("teacher", "el2n", "uploader_cap"),
+                         doc="union/intersection: second filter"),
+    "data.el2n_epochs": Spec(5, int, low=1, high=100, doc="el2n: epochs before scoring"),
+    "data.el2n_drop": Spec(0.2, float, low=0.0, high=0.95, doc="el2n: hardest crowd fraction dropped"),
+    "data.two_stage": Spec(False, bool, doc="pre-train on the crowd rows, then fine-tune on the fold"),
+    "data.pretrain_epochs": Spec(20, int, low=1, high=1000, doc="two_stage: max epochs of stage 1"),
+    # post-processing of each fold model's predictions
+    "post.knn_alpha": Spec(0.0, float, low=0.0, high=1.0,
+                           doc="p = (1-a) p_model + a p_knn; bank = the fold's training rows (002)"),
+    "post.knn_k": Spec(10, int, low=1, high=1000),
+    "post.knn_tau": Spec(0.1, float, low=0.001, high=10.0),
+    "post.ckpt_avg": Spec(1, int, low=1, high=20, doc="average the logits of the top-k val checkpoints (000)"),
 }
 # fmt: on
 
-SECTIONS = ("backbones", "model", "loss", "train", "data", "seed")
+SECTIONS = ("backbones", "model", "loss", "train", "data", "post", "seed")
 
 
 def defaults() -> dict[str, Any]:
@@ -151,6 +201,13 @@ def _coerce(key: str, value: Any, spec: Spec) -> Any:
     return value
 
 
+def check_value(key: str, value: Any) -> Any:
+    """One key's value, coerced and checked on its own (no cross-key rules)."""
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown configuration key {key!r}")
+    return _coerce(key, value, SCHEMA[key])
+
+
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults, coerce types and check every key and value; returns a new mapping."""
     if not isinstance(cfg, dict):
@@ -162,7 +219,44 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: copy.deepcopy(s.default) for k, s in SCHEMA.items()}
     for k, v in flat.items():
         out[k] = _coerce(k, v, SCHEMA[k])
+    check_consistency(out)
     return unflatten(out)
+
+
+LOSS_WEIGHTS = ("loss.ce", "loss.alpha", "loss.top", "loss.focal", "loss.proxy",
+                "loss.proxy_anchor", "loss.supcon", "loss.top_penalty", "loss.knn_distill")
+TOP_HEADS = ("gc", "lcl", "proxy")  # heads with their own top-level output
+
+
+def check_consistency(flat: dict[str, Any]) -> None:
+    """Rules that involve more than one key; each error names the keys and the fix."""
+    late = flat["model.name"] == "late_fusion"
+    head = flat["model.head"] if late else "flat"
+    if not late:
+        moved = [k for k in ("model.head", "model.fusion", "model.encoder")
+                 if flat[k] != SCHEMA[k].default]
+        if moved:
+            raise ConfigError(f"{', '.join(moved)}: only model.name=late_fusion is built from "
+                              f"encoder, fusion and head; hatr has the official fixed layout")
+    if not any(flat[k] > 0 for k in LOSS_WEIGHTS):
+        raise ConfigError(f"every loss weight is 0 ({', '.join(LOSS_WEIGHTS)}): nothing to train")
+    if flat["loss.top"] > 0 and head not in TOP_HEADS:
+        raise ConfigError(f"loss.top={flat['loss.top']} needs a head with a top-level output "
+                          f"(model.head: {', '.join(TOP_HEADS)}); the head is {head}")
+    if head in ("gc", "lcl") and flat["loss.top"] <= 0:
+        raise ConfigError(f"model.head={head} trains its top-level classifier through loss.top; "
+                          f"set loss.top > 0 (seed 002 uses 1.0)")
+    for k in ("loss.proxy", "loss.proxy_anchor"):
+        if flat[k] > 0 and head != "proxy":
+            raise ConfigError(f"{k}={flat[k]} needs model.head=proxy (the head is {head})")
+    if flat["model.fusion"] == "transformer" and flat["model.hidden"] % flat["model.heads"]:
+        raise ConfigError(f"model.hidden={flat['model.hidden']} is not divisible by "
+                          f"model.heads={flat['model.heads']} (transformer fusion)")
+    if flat["data.crowd"] in ("union", "intersection") and flat["data.crowd_a"] == flat["data.crowd_b"]:
+        raise ConfigError(f"data.crowd={flat['data.crowd']} combines two different filters; "
+                          f"data.crowd_a and data.crowd_b are both {flat['data.crowd_a']!r}")
+    if flat["data.two_stage"] and flat["data.crowd"] == "none":
+        raise ConfigError("data.two_stage=true pre-trains on crowd rows; set data.crowd too")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,7 +1,7 @@
-"""Name -> class tables for the pluggable pieces (models, losses).
+"""Name -> class tables for the pluggable pieces (models, fusions, heads, loss terms, crowd filters).
 
 A piece is a small class decorated with its registry's ``register(name)`` and providing a
-``from_config`` classmethod; the configuration names it (``model.name``, ``loss.name``).
+``from_config`` classmethod; the configuration names it (``model.name``, ``model.fusion``, ``data.crowd``).
 """
 
 from __future__ import annotations

@@ -264,8 +264,11 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fingerprint(dev.ids, assign_folds(dev.y, args.folds)),
            "eval_fp": ev.fingerprint if ev is not None else ""}
 
-    if space.can_take("data.crowd", "mix") and crowd is None:
-        raise SystemExit(f"error: {args.space} can sample data.crowd=mix; pass --crowd-data")
+    uses_crowd = [v for v in SCHEMA["data.crowd"].choices
+                  if v != "none" and space.can_take("data.crowd", v)]
+    if uses_crowd and crowd is None:
+        raise SystemExit(f"error: {args.space} can sample data.crowd={'|'.join(uses_crowd)}; "
+                         f"pass --crowd-data")
     state_path = _sweep_state(workdir, args.experiment)
     tune_root = args.tune_storage or os.environ.get("BST_TUNE_STORAGE") or str(workdir / "tune")
     exp_dir = f"{tune_root.rstrip('/')}/{args.experiment}"

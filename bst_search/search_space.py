@@ -83,7 +83,7 @@ def _number(value: Any) -> bool:
 def _check_value(key: str, value: Any, where: str) -> Any:
     """Run one value through the configuration's validation; returns the coerced value."""
     try:
-        return config.flatten(config.validate(config.unflatten({key: value})))[key]
+        return config.check_value(key, value)
     except ConfigError as e:
         raise SpaceError(f"{where}: {e}") from None
 
@@ -190,7 +190,7 @@ class SearchSpace:
 
     def can_take(self, key: str, value: Any) -> bool:
         """Whether some trial of this space may have ``key == value``; lets the driver refuse
-        early what trials would fail on (``data.crowd: mix`` without ``--crowd-data``)."""
+        early what trials would fail on (``data.crowd: all`` without ``--crowd-data``)."""
         if key not in config.SCHEMA:
             raise SpaceError(f"{self.source}: {key}: unknown configuration key")
         fallback = config.flatten(self.config())[key]  # what a trial without the param gets

@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 
 from bst_search.config import ConfigError
-from bst_search.losses import build_loss
+from bst_search.knn import KnnPrior, retrieval_space
+from bst_search.losses import Targets, build_loss
 from bst_search.metrics import hf_score
-from bst_search.models import build_model
+from bst_search.models import build_model, inference_logits
 from bst_search.taxonomy import N_CLASSES
 
 
@@ -221,22 +222,50 @@ def _check_inputs(X: list[np.ndarray], y: np.ndarray, modalities: list[str], wha
 @torch.no_grad()
 def _predict_logits(model: nn.Module, X: list[torch.Tensor], batch_size: int) -> torch.Tensor:
     n = X[0].shape[0]
-    return torch.cat([model([x[i:i + batch_size] for x in X]) for i in range(0, n, batch_size)])
+    return torch.cat([inference_logits(model([x[i:i + batch_size] for x in X]))
+                      for i in range(0, n, batch_size)])
+
+
+class CheckpointAverage(nn.Module):
+    """The mean of the inference logits of several snapshots of one model (seed 000 averages
+    its 7 best validation checkpoints). Predicts like any model; it is not trained."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, xs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        outs = [m(xs) for m in self.members]
+        return {"logits": torch.stack([inference_logits(o) for o in outs]).mean(dim=0),
+                "embedding": outs[0]["embedding"]}
+
+
+def _mixup(xb: list[torch.Tensor], alpha: float, gen: torch.Generator,
+           rng: np.random.Generator) -> tuple[list[torch.Tensor], torch.Tensor, float]:
+    """Mix each row with a random partner of the batch: (mixed inputs, partner index, lam)."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(xb[0].shape[0], generator=gen, device=xb[0].device)
+    return [lam * x + (1.0 - lam) * x[perm] for x in xb], perm, lam
 
 
 def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[np.ndarray],
         y_val: np.ndarray, *, modalities: list[str], seed: int,
         sample_weight: np.ndarray | None = None, device: torch.device | str | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, init_state: dict | None = None,
+        max_epochs: int | None = None, average_top: int | None = None) -> FitResult:
     """Train ``cfg["model"]`` with early stopping on the validation strict hF.
 
     ``X_*[i]`` are (n, dim_i) embeddings of backbone ``cfg["backbones"][i]``; ``y_*`` class
     indices in taxonomy order; ``sample_weight`` optional per-row loss weights. ``on_epoch``
     receives each history row (and may raise, e.g. to prune the trial). ``device``: a
-    torch.device, a name for :func:`pick_device`, or None for "auto".
+    torch.device, a name for :func:`pick_device`, or None for "auto". ``init_state`` starts
+    from given weights (two-stage fine-tuning); ``max_epochs`` and ``average_top`` override
+    ``train.max_epochs`` and ``post.ckpt_avg`` (auxiliary fits: teachers, EL2N, stage 1).
     """
     t_fit = time.perf_counter()
     tc = cfg["train"]
+    max_epochs = tc["max_epochs"] if max_epochs is None else max_epochs
+    top_k = cfg["post"]["ckpt_avg"] if average_top is None else average_top
     device = device if isinstance(device, torch.device) else pick_device(device or "auto")
     y_train = np.asarray(y_train, dtype=np.int64)
     y_val = np.asarray(y_val, dtype=np.int64)
@@ -259,16 +288,29 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
     # model, loss, optimizer
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
+    rng = np.random.default_rng(seed)  # mixup's Beta draws
     model = build_model(cfg, [x.shape[1] for x in X_train], modalities).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     loss_fn = build_loss(cfg, np.bincount(y_train, minlength=N_CLASSES)).to(device)
+    soft = None
+    if loss_fn.needs_soft_targets:  # KNN distillation: leave-one-out priors of the training rows
+        lc = cfg["loss"]
+        soft = torch.as_tensor(KnnPrior(retrieval_space(X_train), y_train, k=lc["knn_k"],
+                                        tau=lc["knn_tau"], device=device).predict()).to(device)
     opt = make_optimizer(tc, model)
     sched = LRSchedule(tc, n_batches)
     clock = ModelClock(device)
 
+    def targets(idx: torch.Tensor) -> Targets:
+        return Targets(y=ytr[idx], weight=None if wtr is None else wtr[idx],
+                       soft=None if soft is None else soft[idx])
+
     history: list[dict] = []
-    best_hf, best_epoch, best_state, since_best = -math.inf, 0, None, 0
+    best: list[tuple[float, int, dict]] = []  # the top_k (val hF, epoch, weights), best first
+    since_best = 0
     step = 0
-    for epoch in range(tc["max_epochs"]):
+    for epoch in range(max_epochs):
         t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen, device=device)
@@ -276,13 +318,18 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
         for b in range(n_batches):
             idx = perm[b * bs:(b + 1) * bs]
             xb = [augment(x[idx], tc, gen) for x in Xtr]
-            yb, wb = ytr[idx], None if wtr is None else wtr[idx]
+            if tc["mixup_alpha"] > 0:
+                xb, partner, lam = _mixup(xb, tc["mixup_alpha"], gen, rng)
             lr = sched.lr(epoch, step)
             for g in opt.param_groups:
                 g["lr"] = lr
 
             clock.start()
-            loss = loss_fn(model(xb), yb, wb)
+            out = model(xb)
+            if tc["mixup_alpha"] > 0:
+                loss = lam * loss_fn(out, targets(idx)) + (1 - lam) * loss_fn(out, targets(idx[partner]))
+            else:
+                loss = loss_fn(out, targets(idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc["grad_clip"] > 0:
@@ -303,11 +350,13 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
         val_secs = time.perf_counter() - t_val
         sched.end_epoch(epoch, val_hf)
 
-        if val_hf > best_hf:
-            best_hf, best_epoch, since_best = val_hf, epoch + 1, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if not best or val_hf > best[0][0]:
+            since_best = 0
         else:
             since_best += 1
+        if len(best) < top_k or val_hf > best[-1][0]:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = sorted([*best, (val_hf, epoch + 1, state)], key=lambda b: -b[0])[:top_k]
 
         model_secs = clock.collect()  # syncs on CUDA, so the epoch clock below is honest
         row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / min(n, n_batches * bs),
@@ -319,10 +368,16 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
         if since_best >= tc["patience"]:
             break
 
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    model.load_state_dict(best[0][2])
     model.eval()
-    return FitResult(model=model, best_epoch=best_epoch, best_val_hF=float(best_hf),
+    if len(best) > 1:
+        members = [model]
+        for _, _, state in best[1:]:
+            m = build_model(cfg, [x.shape[1] for x in X_train], modalities).to(device)
+            m.load_state_dict(state)
+            members.append(m.eval())
+        model = CheckpointAverage(members).eval()
+    return FitResult(model=model, best_epoch=best[0][1], best_val_hF=float(best[0][0]),
                      epochs=len(history), history=history, seconds=time.perf_counter() - t_fit,
                      model_seconds=sum(r["model_seconds"] for r in history))
 
@@ -344,7 +399,7 @@ def predict_proba(model: nn.Module, X: list[np.ndarray], *,
     with torch.no_grad():
         for i in range(0, n, batch_size):
             xb = [_tensor(x[i:i + batch_size], device) for x in X]
-            out.append(model(xb).float().softmax(dim=1).cpu())
+            out.append(inference_logits(model(xb)).float().softmax(dim=1).cpu())
     if not out:
         return np.zeros((0, N_CLASSES), dtype=np.float32)
     return torch.cat(out).numpy()

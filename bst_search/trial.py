@@ -26,6 +26,7 @@ from bst_search import config as config_mod
 from bst_search import metrics
 from bst_search.data import DataError, Dataset, is_text_backbone
 from bst_search.folds import assign_folds, fold_fingerprint, train_val_split
+from bst_search.strategies import FoldContext, crowd_candidates, dev_training_rows, select_crowd
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
 FoldCallback = Callable[[dict[str, Any]], None]
@@ -61,78 +62,81 @@ def check_backbones(cfg: dict[str, Any], *datasets: Dataset | None) -> list[str]
     return backbones
 
 
-def training_rows(cfg: dict[str, Any], dev: Dataset, train_idx: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply the data strategy to a fold's training part: (kept rows, sample weights)."""
-    data_cfg = cfg["data"]
-    rows = train_idx
-    if data_cfg["min_confidence"] > 0 and dev.confidence is not None:
-        conf = dev.confidence[rows]
-        rows = rows[~(conf < data_cfg["min_confidence"])]  # unknown confidence is kept
-    weights = None
-    if data_cfg["confidence_weighting"] and dev.confidence is not None:
-        conf = dev.confidence[rows]
-        weights = np.where(np.isnan(conf), 1.0, conf / 5.0)
-    return rows, weights
-
-
-def crowd_rows(cfg: dict[str, Any], crowd: Dataset | None, dev: Dataset) -> np.ndarray:
-    """Crowd rows added to every fold's training part (none unless ``data.crowd=mix``).
-
-    Sounds that also occur in the development set are dropped, so no held-out row can reach
-    a fold's training through the crowd set.
-    """
-    if cfg["data"]["crowd"] == "none":
-        return np.zeros(0, dtype=np.int64)
-    if crowd is None:
-        raise DataError("data.crowd=mix needs a crowd dataset (--crowd-data)")
-    keep = ~np.isin(crowd.ids, dev.ids)
-    cap = cfg["data"]["crowd_per_uploader"]
-    if cap > 0 and crowd.uploader is not None:
-        frame = pd.DataFrame({"u": crowd.uploader, "y": crowd.y})
-        keep &= (frame.groupby(["u", "y"]).cumcount() < cap).to_numpy()
-    return np.flatnonzero(keep)
-
-
 def _fold_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0] % (2**31))
 
 
 def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None = None, crowd: Dataset | None = None,
-             device: Any = None, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train fold k and predict its held-out rows (and the evaluation set)."""
-    from bst_search import training  # torch import deferred: data-only commands stay fast
+             device: Any = None, on_epoch: Callable[[dict], None] | None = None,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train fold k and predict its held-out rows (and the evaluation set).
 
+    Reads top to bottom: the fold's training part and data strategy, the crowd filter
+    (and stage 1 of two-stage training), the model, then KNN prior blending of its
+    predictions. Every fit here uses the fold's validation split for early stopping and
+    nothing of fold k's held-out rows.
+    """
+    from bst_search import training  # torch import deferred: data-only commands stay fast
+    from bst_search.knn import KnnPrior, blend, retrieval_space
+
+    t0 = time.perf_counter()
+    device = training.pick_device(device or "auto")
     backbones = list(cfg["backbones"])
     modalities = ["text" if is_text_backbone(b) else "audio" for b in backbones]
+    seed = _fold_seed(cfg["seed"], k)
     train_idx, val_idx = train_val_split(dev.y, fold, k)
-    rows, weights = training_rows(cfg, dev, train_idx)
+    rows, weights = dev_training_rows(cfg, dev, train_idx)
     X_dev = dev.X(backbones)
-    X_train = [x[rows] for x in X_dev]
-    y_train = dev.y[rows]
-    extra = crowd_rows(cfg, crowd, dev)
-    if len(extra):
-        X_train = [np.concatenate([a, c[extra]]) for a, c in zip(X_train, crowd.X(backbones), strict=True)]
-        y_train = np.concatenate([y_train, crowd.y[extra]])
-        if weights is not None:
-            weights = np.concatenate([weights, np.ones(len(extra))])
-    t0 = time.perf_counter()
-    fit = training.fit(cfg, X_train, y_train, [x[val_idx] for x in X_dev], dev.y[val_idx],
-                       modalities=modalities, seed=_fold_seed(cfg["seed"], k),
-                       sample_weight=weights, device=device, on_epoch=on_epoch)
+    X_train, y_train = [x[rows] for x in X_dev], dev.y[rows]
+    X_val, y_val = [x[val_idx] for x in X_dev], dev.y[val_idx]
+
+    def fit(X: list[np.ndarray], y: np.ndarray, w: np.ndarray | None, max_epochs: int | None,
+            **kw: Any) -> training.FitResult:
+        return training.fit(cfg, X, y, X_val, y_val, modalities=modalities, seed=seed,
+                            sample_weight=w, device=device, max_epochs=max_epochs, **kw)
+
+    init_state, n_crowd = None, 0
+    if cfg["data"]["crowd"] != "none":
+        ctx = FoldContext(cfg, X_train, y_train, weights, crowd, crowd_candidates(crowd, dev),
+                          backbones, fit=lambda X, y, w, e: fit(X, y, w, e, average_top=1).model,
+                          predict=lambda m, X: training.predict_proba(m, X, device=device), log=log)
+        extra = select_crowd(cfg, ctx)
+        n_crowd = int(len(extra))
+        if n_crowd == 0:
+            raise DataError(f"{crowd.root}: data.crowd={cfg['data']['crowd']} kept no crowd rows "
+                            f"in fold {k}")
+        X_crowd, y_crowd = ctx.crowd_X(extra), crowd.y[extra]
+        if cfg["data"]["two_stage"]:  # stage 1: the crowd rows alone; stage 2 below fine-tunes
+            stage1 = fit(X_crowd, y_crowd, None, cfg["data"]["pretrain_epochs"], average_top=1)
+            init_state = stage1.model.state_dict()
+            log and log(f"  stage 1 on {n_crowd} crowd rows: val hF {stage1.best_val_hF:.4f}")
+        else:
+            X_train = [np.concatenate([a, c]) for a, c in zip(X_train, X_crowd, strict=True)]
+            y_train = np.concatenate([y_train, y_crowd])
+            if weights is not None:
+                weights = np.concatenate([weights, np.ones(n_crowd)])
+
+    result = fit(X_train, y_train, weights, None, init_state=init_state, on_epoch=on_epoch)
     test_idx = np.flatnonzero(fold == k)
-    proba = training.predict_proba(fit.model, [x[test_idx] for x in X_dev], device=device)
-    eval_proba = None
-    if eval_data is not None:
-        eval_proba = training.predict_proba(fit.model, eval_data.X(backbones), device=device)
+    X_test = [x[test_idx] for x in X_dev]
+    proba = training.predict_proba(result.model, X_test, device=device)
+    X_eval = eval_data.X(backbones) if eval_data is not None else None
+    eval_proba = None if X_eval is None else training.predict_proba(result.model, X_eval, device=device)
+    post = cfg["post"]
+    if post["knn_alpha"] > 0:  # the bank: exactly the rows the model was trained on
+        prior = KnnPrior(retrieval_space(X_train), y_train, k=post["knn_k"], tau=post["knn_tau"],
+                         device=device)
+        proba = blend(proba, prior.predict(retrieval_space(X_test)), post["knn_alpha"])
+        if X_eval is not None:
+            eval_proba = blend(eval_proba, prior.predict(retrieval_space(X_eval)), post["knn_alpha"])
     fm = metrics.evaluate(dev.y[test_idx], proba)
     return {
         "fold": k, "test_idx": test_idx, "proba": proba, "eval_proba": eval_proba,
-        "n_train": int(len(y_train)), "n_val": int(len(val_idx)), "n_test": int(len(test_idx)),
-        "hF": fm["hF"], "hF_strict": fm["hF_strict"], "acc": fm["acc"],
-        "best_epoch": fit.best_epoch, "epochs": fit.epochs, "best_val_hF": fit.best_val_hF,
-        "seconds": time.perf_counter() - t0, "model_seconds": fit.model_seconds,
+        "n_train": int(len(y_train)), "n_crowd": n_crowd, "n_val": int(len(val_idx)),
+        "n_test": int(len(test_idx)), "hF": fm["hF"], "hF_strict": fm["hF_strict"], "acc": fm["acc"],
+        "best_epoch": result.best_epoch, "epochs": result.epochs, "best_val_hF": result.best_val_hF,
+        "seconds": time.perf_counter() - t0, "model_seconds": result.model_seconds,
     }
 
 
@@ -186,6 +190,8 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
         raise DataError(f"{dev.root}: a trial needs a labelled development set")
     if eval_data is not None and eval_data.labelled:
         log and log(f"note: evaluation set {eval_data.root} has labels; they are not used")
+    if cfg["data"]["crowd"] != "none" and crowd is None:
+        raise DataError(f"data.crowd={cfg['data']['crowd']} needs a crowd dataset (--crowd-data)")
     check_backbones(cfg, dev, eval_data, crowd if cfg["data"]["crowd"] != "none" else None)
     out = Path(out_dir)
     (out / "folds").mkdir(parents=True, exist_ok=True)
@@ -208,7 +214,7 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
             res, resumed = _load_fold(path), True
         else:
             res, resumed = run_fold(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd,
-                                    device=device, on_epoch=_epoch_logger(log, k)), False
+                                    device=device, on_epoch=_epoch_logger(log, k), log=log), False
             _save_fold(path, res)
         results.append(res)
         running = float(np.mean([r["hF_strict"] for r in results]))

@@ -63,3 +63,33 @@ def test_flatten_roundtrip_matches_schema_keys():
     flat = config.flatten(cfg)
     assert set(flat) == set(config.SCHEMA)
     assert config.unflatten(flat) == cfg
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"model.head": "gc"}, "late_fusion"),  # hatr has a fixed layout
+    ({"model.name": "late_fusion", "model.head": "gc"}, "loss.top"),  # gc without its top loss
+    ({"model.name": "late_fusion", "loss.top": 1.0}, "top-level output"),  # flat head has none
+    ({"model.name": "late_fusion", "model.head": "gc", "loss.top": 1.0, "loss.proxy": 1.0}, "head=proxy"),
+    ({"loss.ce": 0.0}, "every loss weight is 0"),
+    ({"model.name": "late_fusion", "model.hidden": 30, "model.heads": 4}, "divisible"),
+    ({"data.crowd": "union", "data.crowd_a": "el2n", "data.crowd_b": "el2n"}, "both 'el2n'"),
+    ({"data.two_stage": True}, "data.crowd"),
+])
+def test_cross_key_rules_name_the_keys(over: dict, match: str) -> None:
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(None, over)
+
+
+def test_unknown_option_values_list_the_valid_ones() -> None:
+    for key in ("model.fusion", "model.head", "model.encoder", "data.crowd"):
+        with pytest.raises(config.ConfigError) as e:
+            config.load(None, {key: "nope"})
+        assert all(str(c) in str(e.value) for c in config.SCHEMA[key].choices)
+
+
+def test_every_option_combination_in_the_mesh_space_validates() -> None:
+    cfg = config.load(None, {"model.name": "late_fusion", "model.head": "proxy", "loss.top": 0.5,
+                             "loss.proxy": 1.0, "loss.proxy_anchor": 0.5, "loss.ce": 0.0,
+                             "data.crowd": "intersection", "data.crowd_b": "uploader_cap",
+                             "data.two_stage": True, "post.knn_alpha": 0.2, "post.ckpt_avg": 3})
+    assert cfg["post"] == {"knn_alpha": 0.2, "knn_k": 10, "knn_tau": 0.1, "ckpt_avg": 3}

@@ -273,7 +273,7 @@ def test_invalid_base_file_is_named(tmp_path: Path) -> None:
 def test_can_take() -> None:
     mesh = load_space(SPACES / "mesh.yaml")
     base = load_space(SPACES / "baseline.yaml")
-    assert mesh.can_take("data.crowd", "mix") and not base.can_take("data.crowd", "mix")
+    assert mesh.can_take("data.crowd", "teacher") and not base.can_take("data.crowd", "teacher")
     assert base.can_take("data.crowd", "none") and base.can_take("model.name", "hatr")
     # a conditional parameter keeps its base value in trials where it is absent
     assert mesh.can_take("model.heads", 8) and mesh.can_take("model.heads", 2)

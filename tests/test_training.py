@@ -169,3 +169,59 @@ def test_read_only_inputs_are_accepted_without_warnings() -> None:
 def test_optimizer_uses_fused_kernel_when_available() -> None:
     opt = make_optimizer(small_cfg(**{"train.optimizer": "adamw"})["train"], torch.nn.Linear(3, 4))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
+
+
+@pytest.mark.parametrize("head, over", [("gc", {"loss.top": 1.0}), ("lcl", {"loss.top": 1.0}),
+                                        ("proxy", {"loss.ce": 0.0, "loss.proxy": 1.0})])
+def test_every_head_learns_the_toy_problem(head: str, over: dict) -> None:
+    Xtr, ytr, Xva, yva = split(*toy())
+    cfg = small_cfg("late_fusion", **{"model.head": head, "model.fusion": "gated",
+                                      "train.max_epochs": 15, "train.batch_size": 16, **over})
+    res = fit(cfg, Xtr, ytr, Xva, yva, modalities=MODS, seed=0, device=CPU)
+    assert res.best_val_hF > 0.8
+    p = predict_proba(res.model, Xva)
+    assert np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_checkpoint_average_is_the_mean_of_the_top_k_snapshots() -> None:
+    from bst_search.models import inference_logits
+    from bst_search.training import CheckpointAverage
+
+    Xtr, ytr, Xva, yva = split(*toy())
+    res = fit(small_cfg(**{"post.ckpt_avg": 3, "train.max_epochs": 6}), Xtr, ytr, Xva, yva,
+              modalities=MODS, seed=0, device=CPU)
+    assert isinstance(res.model, CheckpointAverage) and len(res.model.members) == 3
+    top3 = sorted(r["val_hF"] for r in res.history)[-3:]
+    assert res.best_val_hF == top3[-1]
+    xs = [torch.as_tensor(x) for x in Xva]
+    with torch.no_grad():
+        mean = torch.stack([inference_logits(m(xs)) for m in res.model.members]).mean(0)
+        assert torch.allclose(res.model(xs)["logits"], mean)
+    one = fit(small_cfg(**{"train.max_epochs": 6}), Xtr, ytr, Xva, yva, modalities=MODS, seed=0,
+              device=CPU)
+    # the first member is the single best checkpoint, the same one a plain fit keeps
+    assert np.allclose(predict_proba(res.model.members[0], Xva), predict_proba(one.model, Xva))
+
+
+def test_mixup_and_knn_distillation_train_and_are_deterministic() -> None:
+    Xtr, ytr, Xva, yva = split(*toy())
+    cfg = small_cfg(**{"train.mixup_alpha": 0.4, "loss.knn_distill": 1.0, "loss.knn_k": 5,
+                       "train.max_epochs": 15})
+    a, b = (fit(cfg, Xtr, ytr, Xva, yva, modalities=MODS, seed=1, device=CPU) for _ in range(2))
+    assert a.best_val_hF > 0.8
+    assert np.array_equal(predict_proba(a.model, Xva), predict_proba(b.model, Xva))
+    plain = fit(small_cfg(**{"train.max_epochs": 1}), Xtr, ytr, Xva, yva, modalities=MODS, seed=1,
+                device=CPU)
+    assert a.history[0]["train_loss"] != plain.history[0]["train_loss"]
+
+
+def test_init_state_starts_from_given_weights() -> None:
+    Xtr, ytr, Xva, yva = split(*toy())
+    cfg = small_cfg(**{"train.max_epochs": 5})
+    trained = fit(cfg, Xtr, ytr, Xva, yva, modalities=MODS, seed=0, device=CPU)
+    tiny_lr = small_cfg(**{"train.max_epochs": 1, "train.lr": 1e-6})
+    again = fit(tiny_lr, Xtr, ytr, Xva, yva, modalities=MODS, seed=3, device=CPU,
+                init_state=trained.model.state_dict())
+    fresh = fit(tiny_lr, Xtr, ytr, Xva, yva, modalities=MODS, seed=3, device=CPU)
+    assert again.best_val_hF > fresh.best_val_hF + 0.2
+    assert again.best_val_hF == pytest.approx(trained.best_val_hF, abs=0.05)

@@ -13,7 +13,7 @@ from bst_search import config
 from bst_search.data import DataError, load_dataset
 from bst_search.folds import assign_folds
 from bst_search.taxonomy import PROBA_COLUMNS
-from bst_search.trial import crowd_rows, run_trial, training_rows
+from bst_search.trial import run_trial
 
 FAST = {"model.hidden": 32, "model.heads": 2, "train.max_epochs": 3, "train.patience": 2,
         "train.batch_size": 64, "train.warmup_epochs": 1}
@@ -95,20 +95,6 @@ def test_resume_continues_from_finished_folds(dev, tmp_path, monkeypatch):
     calls.clear()
     run_trial(_cfg(seed=5), dev, tmp_path)
     assert calls == [0, 1, 2, 3, 4]
-
-
-def test_data_strategies_touch_only_training_rows(dev, tiny_data):
-    cfg = _cfg(**{"data.min_confidence": 4, "data.confidence_weighting": True})
-    rows = np.arange(len(dev.ids))
-    kept, w = training_rows(cfg, dev, rows)
-    assert (dev.confidence[kept] >= 4).all() and len(kept) < len(rows)
-    assert np.allclose(w, dev.confidence[kept] / 5)
-    crowd = load_dataset(tiny_data["crowd"])
-    assert len(crowd_rows(_cfg(), crowd, dev)) == 0
-    extra = crowd_rows(_cfg(**{"data.crowd": "mix", "data.crowd_per_uploader": 2}), crowd, dev)
-    frame = pd.DataFrame({"u": crowd.uploader[extra], "y": crowd.y[extra]})
-    assert frame.groupby(["u", "y"]).size().max() <= 2
-    assert not np.isin(crowd.ids[extra], dev.ids).any()
 
 
 def test_missing_backbone_is_named(dev, tmp_path):

@@ -1,13 +1,26 @@
-"""Classifier heads on frozen embeddings, registered by name.
+"""Classifiers on frozen embeddings, registered by name.
 
 A model class registers itself with :func:`register_model` and provides
 ``from_config(cfg, input_dims, modalities, n_classes)``; :func:`build_model` looks the name
 up in ``cfg["model"]["name"]`` and applies the shared weight initialisation, so a new
-architecture is one decorated class in one file.
+architecture is one decorated class in one file. ``late_fusion`` is itself composed of
+registered pieces: :data:`ENCODERS` (``model.encoder``), :data:`FUSIONS` (``model.fusion``)
+and :data:`HEADS` (``model.head``).
+
+Output contract: every model's ``forward(xs)`` returns a dict of tensors,
+
+- "logits": (B, n_classes) fine logits, what the training loss terms use;
+- "embedding": (B, d) the latent right before the classifier(s);
+- "top_logits": (B, 5) the head's own top-level logits (gc, lcl, proxy heads);
+- "pred_logits": (B, n_classes) inference logits where they differ from "logits" (lcl);
+- "proxies", "top_proxies": (23, d) and (5, d) raw proxy parameters (proxy head).
+
+Prediction and validation read :func:`inference_logits`, never "logits" directly.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from bst_search.config import ConfigError
@@ -54,10 +67,21 @@ def build_model(cfg: dict, input_dims: list[int], modalities: list[str],
     return model
 
 
+def inference_logits(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits to predict from: "pred_logits" where the model has them, else "logits"."""
+    return out["pred_logits"] if "pred_logits" in out else out["logits"]
+
+
 def n_params(model: nn.Module) -> int:
     """Trainable parameters (buffers such as BatchNorm running stats excluded)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# Importing the modules registers their models.
+# Importing the modules registers their models and pieces.
 from bst_search.models import hatr, late_fusion  # noqa: E402, F401
+from bst_search.models.encoders import ENCODERS  # noqa: E402
+from bst_search.models.fusions import FUSIONS  # noqa: E402
+from bst_search.models.heads import HEADS  # noqa: E402
+
+__all__ = ["ENCODERS", "FUSIONS", "HEADS", "MODELS", "build_model", "inference_logits",
+           "init_weights", "n_params", "register_model"]

@@ -4,7 +4,8 @@ Same layers as ``models.py`` of MTG/dcase2026_task1_baseline (one ``EmbeddingEnc
 embedding, attention fusion, latent projector, two residual blocks, class predictor), with
 the two fixed audio/text branches generalised to a list of M backbones. For M = 2 and the
 same widths the parameter count is identical to the official model (7,319,513 for two
-512-dim inputs, hidden 128, batch norm).
+512-dim inputs, hidden 128, batch norm). Its encoder and fusion are the ``hatr`` encoder and
+``attention`` fusion that the composed ``late_fusion`` model can also use.
 """
 
 from __future__ import annotations
@@ -13,61 +14,8 @@ import torch
 import torch.nn as nn
 
 from bst_search.models import register_model
-
-
-class ResidualBlock(nn.Module):
-    """dim -> width -> dim with BN, LeakyReLU and an identity shortcut."""
-
-    def __init__(self, dim: int, width: int, dropout: float, batch_norm: bool) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, width)
-        self.bn1 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
-        self.fc2 = nn.Linear(width, dim)
-        self.bn2 = nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
-        self.act = nn.LeakyReLU()
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.act(self.bn1(self.fc1(x))))
-        return self.act(self.bn2(self.fc2(h)) + x)
-
-
-class EmbeddingEncoder(nn.Module):
-    """One backbone's embedding -> ``hidden`` features.
-
-    Works at width max(dim, 2*hidden) so that small embeddings are widened, not squeezed,
-    before the residual stack.
-    """
-
-    def __init__(self, dim: int, hidden: int, dropout: float, batch_norm: bool,
-                 res_blocks: int) -> None:
-        super().__init__()
-        w = max(dim, 2 * hidden)
-        self.in_norm = nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
-        self.in_proj = nn.Sequential(nn.Linear(dim, w), nn.LeakyReLU(), nn.Dropout(dropout))
-        self.blocks = nn.Sequential(*[ResidualBlock(w, 2 * w, dropout, batch_norm)
-                                      for _ in range(res_blocks)])
-        self.out_proj = nn.Sequential(nn.Linear(w, w // 2), nn.LeakyReLU(), nn.Dropout(dropout),
-                                      nn.Linear(w // 2, hidden))
-        self.out_norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(self.out_proj(self.blocks(self.in_proj(self.in_norm(x)))))
-
-
-class AttentionFusion(nn.Module):
-    """Per-sample softmax weights over the M encoded backbones, then their weighted sum."""
-
-    def __init__(self, hidden: int, n_inputs: int, dropout: float) -> None:
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(n_inputs * hidden, hidden), nn.Tanh(),
-                                   nn.Linear(hidden, n_inputs))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.score(torch.cat(hs, dim=-1)).softmax(dim=-1)  # (B, M)
-        fused = (torch.stack(hs, dim=1) * a.unsqueeze(-1)).sum(dim=1)
-        return self.drop(fused), a
+from bst_search.models.encoders import EmbeddingEncoder, ResidualBlock
+from bst_search.models.fusions import AttentionFusion
 
 
 @register_model("hatr")
@@ -103,13 +51,15 @@ class HATR(nn.Module):
         return cls(input_dims, modalities, n_classes, hidden=m["hidden"], dropout=m["dropout"],
                    batch_norm=m["batch_norm"], res_blocks=m["res_blocks"])
 
-    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, xs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Output dict; its "embedding" is the residual head's output, the classifier's input."""
         if len(xs) != len(self.encoders):
             raise ValueError(f"hatr: expected {len(self.encoders)} inputs, got {len(xs)}")
         hs = [enc(x) for enc, x in zip(self.encoders, xs, strict=True)]
         if self.fusion is None:
             z = hs[0]
         else:
-            z, a = self.fusion(hs)
-            self.last_attention = a.detach()
-        return self.classifier(self.head_blocks(self.latent(z)))
+            z = self.fusion(hs)
+            self.last_attention = self.fusion.last_weights
+        e = self.head_blocks(self.latent(z))
+        return {"logits": self.classifier(e), "embedding": e}

@@ -1,0 +1,201 @@
+"""Data strategies: which rows, with which weights, train fold k (``data.*``).
+
+Everything here sees only fold k's training part (DESIGN.md, "Trial protocol"): the
+development rows of the other folds minus the early-stopping validation split, and crowd
+rows whose sound ids are not in the development set at all. Teachers and EL2N scores are
+fitted on that training part, validated on the fold's validation split, and never see fold
+k's held-out rows, so an OOF prediction stays out of fold.
+
+A crowd filter is a small class registered by name in :data:`CROWD_FILTERS` (the value of
+``data.crowd``) whose ``select(ctx)`` returns the crowd rows it keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bst_search.data import DataError, Dataset
+from bst_search.registry import Registry
+
+CROWD_FILTERS = Registry("data.crowd")
+register_crowd_filter = CROWD_FILTERS.register
+
+
+def dev_training_rows(cfg: dict[str, Any], dev: Dataset, train_idx: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Confidence filter and weighting of a fold's development training part:
+    (kept rows, per-row weights or None). Rows of unknown confidence are kept at weight 1."""
+    data_cfg = cfg["data"]
+    rows = train_idx
+    if data_cfg["min_confidence"] > 0 and dev.confidence is not None:
+        conf = dev.confidence[rows]
+        rows = rows[~(conf < data_cfg["min_confidence"])]
+    weights = None
+    if data_cfg["confidence_weighting"] and dev.confidence is not None:
+        conf = dev.confidence[rows]
+        weights = np.where(np.isnan(conf), 1.0, conf / 5.0)
+    return rows, weights
+
+
+def crowd_candidates(crowd: Dataset, dev: Dataset) -> np.ndarray:
+    """Crowd rows eligible at all: those whose sound is not also a development sound, so no
+    held-out row can come back into training through the crowd set."""
+    return np.flatnonzero(~np.isin(crowd.ids, dev.ids))
+
+
+# A fit function: (X_train, y_train, sample_weight, max_epochs) -> a model whose
+# predictions ``predict(model, X)`` are (n, 23) probabilities. The trial binds the fold's
+# validation split, seed and device into it, so filters cannot reach anything else.
+FitFn = Callable[[list[np.ndarray], np.ndarray, np.ndarray | None, int | None], Any]
+PredictFn = Callable[[Any, list[np.ndarray]], np.ndarray]
+
+
+@dataclass
+class FoldContext:
+    """What a crowd filter may use: fold k's training part, the crowd set and a trainer."""
+
+    cfg: dict[str, Any]
+    X_train: list[np.ndarray]  # the fold's development training rows, per backbone
+    y_train: np.ndarray
+    w_train: np.ndarray | None
+    crowd: Dataset
+    candidates: np.ndarray  # crowd rows eligible (crowd_candidates)
+    backbones: list[str]
+    fit: FitFn
+    predict: PredictFn
+    log: Callable[[str], None] | None = None
+
+    def crowd_X(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [x[rows] for x in self.crowd.X(self.backbones)]
+
+
+@register_crowd_filter("none")
+class NoCrowd:
+    """Development data only."""
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> NoCrowd:
+        return cls()
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        return ctx.candidates[:0]
+
+
+@register_crowd_filter("all")
+class AllCrowd:
+    """Every eligible crowd row."""
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> AllCrowd:
+        return cls()
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        return ctx.candidates
+
+
+@register_crowd_filter("uploader_cap")
+class UploaderCap:
+    """At most K rows per (uploader, class), in file order (seed 002: K = 200), so that a
+    few prolific uploaders' templates do not dominate a class."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> UploaderCap:
+        return cls(cfg["data"]["crowd_per_uploader"])
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        rows = ctx.candidates
+        if ctx.crowd.uploader is None:
+            raise DataError(f"{ctx.crowd.root}: data.crowd=uploader_cap needs the uploader "
+                            f"column in the crowd metadata")
+        frame = pd.DataFrame({"u": ctx.crowd.uploader[rows], "y": ctx.crowd.y[rows]})
+        return rows[(frame.groupby(["u", "y"]).cumcount() < self.cap).to_numpy()]
+
+
+@register_crowd_filter("teacher")
+class TeacherAgreement:
+    """Keep crowd rows whose label is the teacher's top prediction (seed 002). The teacher is
+    the trial's own model trained on the fold's development training part."""
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TeacherAgreement:
+        return cls()
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        rows = ctx.candidates
+        teacher = ctx.fit(ctx.X_train, ctx.y_train, ctx.w_train, None)
+        agree = ctx.predict(teacher, ctx.crowd_X(rows)).argmax(axis=1) == ctx.crowd.y[rows]
+        ctx.log and ctx.log(f"  teacher keeps {agree.sum()}/{len(rows)} crowd rows")
+        return rows[agree]
+
+
+@register_crowd_filter("el2n")
+class EL2N:
+    """Drop the hardest ``data.el2n_drop`` fraction of crowd rows by EL2N score (seed 003):
+    ||softmax - onehot||_2 after ``data.el2n_epochs`` epochs on development + crowd rows."""
+
+    def __init__(self, epochs: int, drop: float) -> None:
+        self.epochs, self.drop = epochs, drop
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> EL2N:
+        return cls(cfg["data"]["el2n_epochs"], cfg["data"]["el2n_drop"])
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        rows = ctx.candidates
+        Xc = ctx.crowd_X(rows)
+        X = [np.concatenate([a, c]) for a, c in zip(ctx.X_train, Xc, strict=True)]
+        y = np.concatenate([ctx.y_train, ctx.crowd.y[rows]])
+        w = None if ctx.w_train is None else np.concatenate([ctx.w_train, np.ones(len(rows))])
+        model = ctx.fit(X, y, w, self.epochs)
+        p = ctx.predict(model, Xc)
+        p[np.arange(len(rows)), ctx.crowd.y[rows]] -= 1.0
+        score = np.linalg.norm(p, axis=1)
+        n_keep = len(rows) - int(round(self.drop * len(rows)))
+        keep = np.sort(np.argsort(score, kind="stable")[:n_keep])
+        ctx.log and ctx.log(f"  el2n keeps {n_keep}/{len(rows)} crowd rows")
+        return rows[keep]
+
+
+class _Combined:
+    """Two filters' selections combined (seed 003's union and intersection filtering)."""
+
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> _Combined:
+        d = cfg["data"]
+        return cls(CROWD_FILTERS.lookup(d["crowd_a"]).from_config(cfg),
+                   CROWD_FILTERS.lookup(d["crowd_b"]).from_config(cfg))
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        return self.combine(self.a.select(ctx), self.b.select(ctx))
+
+
+@register_crowd_filter("union")
+class Union(_Combined):
+    """Rows kept by at least one of ``data.crowd_a`` and ``data.crowd_b``."""
+
+    combine = staticmethod(np.union1d)
+
+
+@register_crowd_filter("intersection")
+class Intersection(_Combined):
+    """Rows kept by both ``data.crowd_a`` and ``data.crowd_b``."""
+
+    combine = staticmethod(np.intersect1d)
+
+
+def select_crowd(cfg: dict[str, Any], ctx: FoldContext) -> np.ndarray:
+    """The crowd rows ``data.crowd`` keeps for this fold (sorted crowd row indices)."""
+    return np.sort(CROWD_FILTERS.lookup(cfg["data"]["crowd"]).from_config(cfg).select(ctx))
