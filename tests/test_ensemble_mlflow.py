@@ -224,7 +224,8 @@ def test_second_invocation_does_not_download(store, tmp_path, monkeypatch):
 def _args(store, out: Path, *extra: str) -> list[str]:
     return ["--experiment", "exp", "--workdir", str(store["workdir"]),
             "--tracking-uri", store["uri"], "--out", str(out),
-            "--eval-data", str(store["eval_root"]), "--max-size", "8", *extra]
+            "--eval-data", str(store["eval_root"]), "--max-size", "8",
+            "--sk-device", "cpu", *extra]  # SK fusion on CPU: ensemble.json is repeatable
 
 
 def test_coordinator_end_to_end(store, tmp_path, capsys):

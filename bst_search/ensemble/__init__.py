@@ -1,11 +1,14 @@
-"""Ensemble coordinator: greedy forward selection over the trials of one experiment.
+"""Ensemble coordinator: greedy forward selection and SK fusion over one experiment's trials.
 
 ``add_arguments`` + ``execute(args)`` (or ``main(argv)``) are the ``bst-search ensemble``
 command; ``add_score_arguments`` + ``score_execute(args)`` (or ``score_main(argv)``) the
-``bst-search score`` command. MLflow and matplotlib are imported only when a command runs.
+``bst-search score`` command. MLflow, matplotlib and torch (SK fusion) are imported only
+when a command runs or an SK name is first used.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from bst_search.ensemble.cli import add_arguments, execute, main
 from bst_search.ensemble.honest import HonestResult, honest_estimate
@@ -24,15 +27,31 @@ from bst_search.ensemble.submission import (
     score_submission,
 )
 
+_SK_NAMES = ("SKFusion", "SKOptions", "SKResult", "cross_fit_sk")
+
+
+def __getattr__(name: str) -> Any:
+    """SK fusion names, imported on first use so that importing the package needs no torch."""
+    if name in _SK_NAMES:
+        from bst_search.ensemble import sk_fusion
+
+        return sk_fusion.cross_fit if name == "cross_fit_sk" else getattr(sk_fusion, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "HonestResult",
     "SelectionOptions",
+    "SKFusion",
+    "SKOptions",
+    "SKResult",
     "SelectionResult",
     "SubmissionCheckError",
     "add_arguments",
     "add_score_arguments",
     "candidate_stats",
     "combine",
+    "cross_fit_sk",
     "execute",
     "honest_estimate",
     "main",

@@ -26,8 +26,11 @@ def _pyplot():  # noqa: ANN202 - matplotlib's module type
 
 def plot_curve(path: Path, curves: Sequence[Sequence[dict[str, object]]], *, metric: str,
                best_single: float, selected: float, best_step: int | None,
-               honest: float | None) -> Path:
-    """Score after every step (greedy and Nelder-Mead), with best-single and honest lines."""
+               honest: float | None, sk: float | None = None) -> Path:
+    """Score after every step (greedy and Nelder-Mead), with best-single, honest and SK lines.
+
+    The SK line is the cross-fitted (out-of-fold) score of SK fusion: to compare with honest.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for b, curve in enumerate(curves):
@@ -48,6 +51,8 @@ def plot_curve(path: Path, curves: Sequence[Sequence[dict[str, object]]], *, met
         ax.axhline(selected, color="C3", ls=":", label=f"bagged ensemble {selected:.4f}")
     if honest is not None:
         ax.axhline(honest, color="C2", ls="-", lw=2, label=f"honest (nested CV) {honest:.4f}")
+    if sk is not None:
+        ax.axhline(sk, color="C4", ls="-.", lw=2, label=f"SK fusion (cross-fitted) {sk:.4f}")
     ax.set_xlabel("ensemble size (step)")
     ax.set_ylabel(f"OOF hF ({metric})")
     ax.set_title("Greedy forward selection: the selected score is optimistic")
