@@ -1,4 +1,4 @@
-"""``bst-search`` command line: synth, data, trial, search, ensemble, score, demo.
+"""``bst-search`` command line: synth, data, trial, search, ensemble, score, extract, demo.
 
 Heavy imports (torch, ray, mlflow) happen inside the subcommands so that ``--help`` and
 data-only commands start quickly.
@@ -112,6 +112,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return score_execute(args)
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from bst_search.extract.cli import execute
+
+    return execute(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bst_search.demo import run_demo
 
@@ -163,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a submission CSV against a label file (official metric)")
     add_score_arguments(s)
     s.set_defaults(func=_cmd_score)
+
+    from bst_search.extract.cli import add_arguments as add_extract_arguments
+
+    s = sub.add_parser("extract", help="audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
+    add_extract_arguments(s)
+    s.set_defaults(func=_cmd_extract)
 
     s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")
     s.add_argument("--workdir", default="bst-runs/demo")
