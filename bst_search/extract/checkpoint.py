@@ -17,10 +17,22 @@ from bst_search.extract.errors import ExtractError
 RANDOM_KEY = "bst_search_random_weights"
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file (a folder: of its files' names and contents, in sorted order)."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file (a folder: of its files' names and contents, in sorted order);
+    remembered per (path, size, mtime) for this process, since checkpoints are large."""
     path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _sha256(path, chunk)
+    return _SHA_CACHE[key]
+
+
+def _sha256(path: Path, chunk: int) -> str:
+    h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
         if path.is_dir():

@@ -15,8 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clap_audio, clap_text, panns, minilm_text (repeatable)")
     p.add_argument("--audio-dir", help="where <id>.wav|flac|ogg|mp3 are (searched recursively); "
                    "default ROOT/audio")
-    p.add_argument("--checkpoint", help="model checkpoint file (CLAP .pt, PANNs .pth); "
-                   "minilm_text: optional sentence-transformers folder")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="[BACKBONE=]PATH",
+                   help="model checkpoint (CLAP .pt, PANNs .pth); a plain PATH is for every "
+                   "backbone that needs one, BACKBONE=PATH for one backbone (repeatable; "
+                   "minilm_text=DIR: another sentence-transformers folder)")
     p.add_argument("--text-model-dir", help="local roberta-base folder (clap_text)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone setting, e.g. amodel=HTSAT-base, fusion=true (checked "
@@ -50,18 +52,39 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _checkpoints(values: list[str]) -> tuple[Path | None, dict[str, Path]]:
+    """``--checkpoint`` values: one plain PATH (the default) and ``BACKBONE=PATH`` entries."""
+    from bst_search.extract.backbones import BACKBONES
+    from bst_search.extract.errors import ExtractError
+
+    default: Path | None = None
+    named: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and name in BACKBONES:
+            named[name] = Path(path)
+        elif default is None:
+            default = Path(v)
+        else:
+            raise ExtractError(f"--checkpoint {v}: a second plain path; name the backbone "
+                               f"(BACKBONE=PATH)")
+    return default, named
+
+
 def execute(args: argparse.Namespace) -> int:
     from bst_search.extract.backbones import BackboneOptions
     from bst_search.extract.errors import ExtractError
     from bst_search.extract.run import ExtractJob, run_extract, summary_lines
 
     try:
+        default_ckpt, named_ckpts = _checkpoints(args.checkpoint)
         opts = BackboneOptions(
-            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            checkpoint=default_ckpt,
             text_model_dir=Path(args.text_model_dir) if args.text_model_dir else None,
             device=args.device, batch_size=args.batch_size, settings=_settings(args.set),
             allow_random_weights=args.allow_random_weights)
         job = ExtractJob(root=Path(args.data), backbones=list(args.backbone), options=opts,
+                         checkpoints=named_ckpts,
                          audio_dir=Path(args.audio_dir) if args.audio_dir else None,
                          on_bad_audio=args.on_bad_audio, limit=args.limit,
                          overwrite=args.overwrite, address=args.address, workers=args.workers,

@@ -10,6 +10,7 @@ leaves whole files only, and a re-run picks up where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ class ExtractJob:
     root: Path
     backbones: list[str]
     options: BackboneOptions = field(default_factory=BackboneOptions)
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # per backbone, over options.checkpoint
     audio_dir: Path | None = None
     on_bad_audio: str = "silence"
     limit: int | None = None
@@ -72,26 +74,28 @@ def _written(folder: Path) -> set[str]:
     return out
 
 
-def _open_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[str, Any]:
-    """Check (or reset) the output folder; returns the problems recorded by earlier runs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    old = mf.read(folder)
-    has_files = any(n.endswith(".npy") for n in os.listdir(folder))
-    if overwrite:
-        for n in os.listdir(folder):
-            if n.endswith(".npy") or n == mf.MANIFEST:
-                (folder / n).unlink()
+def _check_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """May this run add to ``folder``? Returns the problems recorded by earlier runs (none when
+    ``overwrite``: the folder is cleared later, once every check has passed)."""
+    if overwrite or not folder.is_dir():
         return {}
+    old = mf.read(folder)
     if old is None:
-        if has_files:
+        if any(n.endswith(".npy") for n in os.listdir(folder)):
             raise ExtractError(f"{folder}: holds .npy files but no {mf.MANIFEST}, so they were "
-                               f"not written by this extract settings; pass --overwrite to replace them")
+                               f"not written by bst-search extract; pass --overwrite to replace them")
         return {}
     diff = mf.differences(old.get("identity", {}), ident)
     if diff:
         raise ExtractError(f"{folder}: was written with other settings ({'; '.join(diff[:4])}); "
                            f"pass --overwrite to replace it, or write elsewhere")
     return dict(old.get("problems", {}))
+
+
+def _clear(folder: Path) -> None:
+    for n in os.listdir(folder):
+        if n.endswith(".npy") or n == mf.MANIFEST:
+            (folder / n).unlink()
 
 
 def _counts(ids: Sequence[str], written: set[str], problems: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -112,6 +116,10 @@ def run_extract(job: ExtractJob) -> dict[str, dict[str, Any]]:
     if job.on_bad_audio not in POLICIES:
         raise ExtractError(f"--on-bad-audio {job.on_bad_audio!r}: expected one of {', '.join(POLICIES)}")
     classes = [BACKBONES.lookup(b) for b in job.backbones]
+    for name in job.checkpoints:
+        if name not in job.backbones:
+            raise ExtractError(f"--checkpoint {name}=...: {name} is not among --backbone "
+                               f"{', '.join(job.backbones)}")
     if len(set(job.backbones)) != len(job.backbones):
         raise ExtractError(f"--backbone given twice: {', '.join(job.backbones)}")
     items = read_items(Path(job.root), job.limit)
@@ -127,12 +135,15 @@ def run_extract(job: ExtractJob) -> dict[str, dict[str, Any]]:
 def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
                  index: dict[str, Path]) -> dict[str, Any]:
     t0 = time.perf_counter()
+    ckpt = job.checkpoints.get(cls.name, job.options.checkpoint if cls.needs_checkpoint else None)
+    job = dataclasses.replace(job, options=dataclasses.replace(job.options, checkpoint=ckpt))
     spec = cls.resolve(job.options)
     audio = cls.modality == "audio"
     ident = mf.identity(spec, None if audio else list(TEXT_FIELDS), job.on_bad_audio if audio else None)
     folder = backbone_dir(Path(job.root), cls.name)
-    problems: dict[str, dict[str, str]] = _open_folder(folder, ident, job.overwrite)
-    done = _written(folder)
+    problems: dict[str, dict[str, str]] = _check_folder(folder, ident, job.overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = set() if job.overwrite else _written(folder)
     todo = [i for i in items.ids if i not in done and "skip" not in
             problems.get(i, {}).get("action", "")]
     paths = {i: (str(index[i]) if i in index else None) for i in todo} if audio else {}
@@ -146,6 +157,8 @@ def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
                                f"use --on-bad-audio skip to leave them out")
         if job.on_bad_audio == "error":
             _preflight(job, cls, todo, paths)
+    if job.overwrite:  # only now: a refused run leaves the old folder as it was
+        _clear(folder)
 
     man: dict[str, Any] = {
         "identity": ident, "backbone": cls.name, "dataset": items.name,
