@@ -48,7 +48,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     paths = make_synthetic(Path(args.out), n=args.n, crowd_n=args.crowd_n, eval_n=args.eval_n,
-                           seed=args.seed, progress=True, overwrite=args.overwrite)
+                           seed=args.seed, progress=True, overwrite=args.overwrite,
+                           audio_n=args.audio_n)
     print(f"synthetic BST data written in {time.perf_counter() - t0:.1f}s:")
     for k, v in paths.items():
         print(f"  {k:12s} {v}")
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-n", type=int, default=3246)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--audio-n", type=int, default=0,
+                   help="also write audio_demo/: generated clips to try bst-search extract on")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("data", help="load, validate and cache a dataset; print a summary")
