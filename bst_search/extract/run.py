@@ -144,8 +144,7 @@ def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
     problems: dict[str, dict[str, str]] = _check_folder(folder, ident, job.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     done = set() if job.overwrite else _written(folder)
-    todo = [i for i in items.ids if i not in done and "skip" not in
-            problems.get(i, {}).get("action", "")]
+    todo = [i for i in items.ids if i not in done]  # skipped ids are retried: maybe fixed now
     paths = {i: (str(index[i]) if i in index else None) for i in todo} if audio else {}
     texts = dict(zip(items.ids, items.texts, strict=True))
 
@@ -180,6 +179,8 @@ def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
             written_now[0] += 1
         if probs:
             problems[clip_id] = probs
+        else:
+            problems.pop(clip_id, None)  # a retried id that is fine now
         if time.monotonic() - last[0] > MANIFEST_EVERY_S:
             mf.write(folder, man)
             last[0] = time.monotonic()
