@@ -3,8 +3,10 @@
 Each backbone runs ``bst-search extract`` on a generated set (5 s clips at 44.1 kHz, wav; the
 texts of the same metadata) through the Ray Data path with 1 and then 2 actors of one CPU each
 (one torch thread each), and in-process (one process, all threads) for reference. The figure
-is the steady state, (n - 1) / (last write - first write) from the files' modification
-times, so Ray's start-up and model loading are left out; the whole wall time is printed too.
+is end to end (n / wall time, model loading and Ray start-up included) and the steady state:
+the items written after the first batch over the time since it was written (files'
+modification times). With Ray the driver receives results in groups, so its steady figure is
+coarse; use enough clips for several batches per worker.
 Weights: PANNs and CLAP use random test weights (speed does not depend on the values;
 HTSAT-tiny, non-fusion and fusion), MiniLM its real weights. On a GPU machine, add
 ``--device cuda --batch-sizes 8,32,64`` (not measured here: no GPU was lent).
@@ -46,9 +48,13 @@ def make_set(root: Path, n_clips: int, n_texts: int, seconds: float = 5.0) -> Pa
     return root
 
 
-def steady_rate(folder: Path) -> float:
+def steady_rate(folder: Path, first_batch: int) -> float:
+    """Items written after the first ``first_batch`` ones, over the time since those were
+    written: leaves out start-up and model loading (file modification times)."""
     t = sorted(p.stat().st_mtime for p in folder.glob("*.npy"))
-    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
+    if len(t) <= first_batch or t[-1] <= t[first_batch - 1]:
+        return float("nan")
+    return (len(t) - first_batch) / (t[-1] - t[first_batch - 1])
 
 
 def main() -> None:
@@ -58,7 +64,7 @@ def main() -> None:
     ap.add_argument("--backbones", default="panns,clap_audio,clap_audio_fusion,clap_text,minilm_text")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-sizes", default="8")
+    ap.add_argument("--batch-sizes", default="4")
     args = ap.parse_args()
 
     import ray
@@ -82,7 +88,8 @@ def main() -> None:
         print(f"bench_extract {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {args.device}; "
               f"{args.clips} clips of 5 s at 44.1 kHz, {args.texts} texts")
-        print(f"{'backbone':18s} {'path':12s} {'batch':>5s} {'items':>6s} {'wall s':>7s} {'items/s':>8s}")
+        print(f"{'backbone':18s} {'path':12s} {'batch':>5s} {'items':>6s} {'wall s':>7s} "
+              f"{'e2e/s':>7s} {'steady/s':>8s}")
         ray.init(address="local", num_cpus=max(2, max(int(w) for w in args.workers.split(","))),
                  include_dashboard=False, log_to_driver=False)
         for name in wanted:
@@ -108,7 +115,7 @@ def main() -> None:
                     wall = time.perf_counter() - t0
                     torch.set_num_threads(threads)
                     print(f"{name:18s} {label:12s} {bs:5d} {n_items:6d} {wall:7.1f} "
-                          f"{steady_rate(folder):8.2f}", flush=True)
+                          f"{n_items / wall:7.2f} {steady_rate(folder, bs * workers):8.2f}", flush=True)
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,10 @@ because every weight comes from the CLAP checkpoint. The other two names give ``
 (laion_clap only keeps them in unused module globals). Any other name, or a network
 access, fails.
 
+laion_clap imports its model code as a top-level ``clap_module`` package (its ``__init__``
+puts its own folder on ``sys.path``); the path entry is removed on exit, the already imported
+``clap_module`` modules stay in ``sys.modules`` because the CLAP classes live there.
+
 The stand-ins implement only what CLAP inference uses:
 
 * ``torchvision.ops.misc.FrozenBatchNorm2d`` (used by laion_clap's ``freeze_batch_norm_2d``

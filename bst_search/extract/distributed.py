@@ -79,7 +79,8 @@ def run_on_ray(job: Any, cls: type[Backbone], spec: dict[str, Any], todo: list[s
     dev = str(job.options.device)
     gpus = 1 if dev.startswith("cuda") or (dev == "auto" and ray.cluster_resources().get("GPU", 0)) else 0
     ds = ds.map_batches(EmbedActor, batch_size=bs, batch_format="numpy",
-                        concurrency=max(1, int(job.workers)), num_gpus=gpus,
+                        compute=ray.data.ActorPoolStrategy(size=max(1, int(job.workers))),
+                        num_gpus=gpus,
                         num_cpus=job.cpus_per_worker,
                         fn_constructor_kwargs={"name": cls.name, "options": job.options, "spec": spec})
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

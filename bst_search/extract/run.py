@@ -116,6 +116,9 @@ def run_extract(job: ExtractJob) -> dict[str, dict[str, Any]]:
     if job.on_bad_audio not in POLICIES:
         raise ExtractError(f"--on-bad-audio {job.on_bad_audio!r}: expected one of {', '.join(POLICIES)}")
     classes = [BACKBONES.lookup(b) for b in job.backbones]
+    if job.options.checkpoint is not None and not any(c.needs_checkpoint for c in classes):
+        raise ExtractError(f"--checkpoint {job.options.checkpoint}: none of {', '.join(job.backbones)} "
+                           f"takes a plain checkpoint (minilm_text=DIR gives MiniLM another folder)")
     for name in job.checkpoints:
         if name not in job.backbones:
             raise ExtractError(f"--checkpoint {name}=...: {name} is not among --backbone "
