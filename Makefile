@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_trial.py
 	$(BIN)/python benchmarks/bench_ensemble.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_extract.py
 
 clean:
 	rm -rf $(VENV) bst-runs
