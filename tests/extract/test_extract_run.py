@@ -213,3 +213,15 @@ def test_ray_data_path_matches_in_process(dataset: Path, panns_ref: tuple[Any, P
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=0, err_msg=k)
     assert _manifest(root, "panns")["problems"] == _manifest(reference[0], "panns")["problems"]
+
+
+def test_checkpoint_arguments_plain_and_per_backbone() -> None:
+    from bst_search.extract.cli import _checkpoints
+    from bst_search.extract.errors import ExtractError
+
+    default, named = _checkpoints(["ckpt/Cnn14_mAP=0.431.pth", "clap_text=c.pt"])
+    assert default == Path("ckpt/Cnn14_mAP=0.431.pth")  # '=' in a file name is not a backbone
+    assert named == {"clap_text": Path("c.pt")}
+    assert _checkpoints(["panns=ckpt/Cnn14_mAP=0.431.pth"])[1] == {"panns": Path("ckpt/Cnn14_mAP=0.431.pth")}
+    with pytest.raises(ExtractError, match="second plain path"):
+        _checkpoints(["a.pt", "b.pt"])
