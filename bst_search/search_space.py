@@ -186,11 +186,14 @@ class Param:
             return list(self.choices)
         if self.type == "subset":
             return [list(s) for s in self.subsets]
-        if self.type == "int" and not self.log:
-            values = range(int(self.low), int(self.high) + 1, int(self.step or 1))
-            if len(values) <= MAX_INT_VALUES:
-                return list(values)
+        if self.type == "int" and self.enumerable():
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         return [self.low, self.high]
+
+    def enumerable(self) -> bool:
+        """Whether :meth:`representatives` decide every rule: all but a long int range, whose
+        middle values could matter (divisibility, a ``when`` on one value)."""
+        return self.type != "int" or (self.high - self.low) // (self.step or 1) < MAX_INT_VALUES
 
     def describe_range(self) -> str:
         """Short human-readable domain."""
@@ -396,7 +399,8 @@ def unsatisfiable(space: SearchSpace, budget: int = MAX_RULE_COMBINATIONS) -> st
     (:meth:`Param.representatives`) of the parameters the rules read
     (:data:`bst_search.config.RULE_KEYS`) and of their ``when`` parents; other parameters
     keep one value, as they cannot change a rule's outcome. Stops at the first valid
-    combination; past ``budget`` combinations it answers None (undecided, accepted).
+    combination; past ``budget`` combinations, or with a long int range among those
+    parameters, it answers None (undecided, accepted).
     """
     need: set[str] = set()
     keys = config.RULE_KEYS + (() if space.crowd_confidence else CONFIDENCE_KEYS)
@@ -407,6 +411,8 @@ def unsatisfiable(space: SearchSpace, budget: int = MAX_RULE_COMBINATIONS) -> st
             need.add(name)
             stack.extend(space.params[name].when)
     params = [p for p in space.params.values() if p.name in need]
+    if not all(p.enumerable() for p in params):
+        return None  # undecided: sampling-time rejection alone keeps trials valid
     seen: Counter[str] = Counter()
     count = 0
 

@@ -104,6 +104,23 @@ def test_invalid_space_is_refused_before_ray_starts(tiny_data, tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
+@pytest.mark.parametrize(("text", "named"), [
+    ("base: late_fusion\nfixed: {loss.top: 0.0}\n"
+     "params:\n  model.head: {type: categorical, choices: [gc, lcl]}\n", "loss.top"),
+    ("base: late_fusion\nfixed: {data.crowd: teacher}\n", "data.crowd=teacher (base/fixed) needs crowd data"),
+], ids=["no-valid-combination", "fixed-value-without-data"])
+def test_space_that_cannot_run_is_refused_before_ray_starts(tiny_data, tmp_path, text, named):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
+         "--space", str(bad), "--experiment", "bad", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 2, r.stderr
+    assert named in r.stderr and str(bad) in r.stderr
+    assert not (tmp_path / "tune").exists()
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
     n = 6
