@@ -36,9 +36,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from ray import tune  # noqa: E402
 
-from bst_search import tracking  # noqa: E402
-from bst_search.config import SCHEMA  # noqa: E402
-from bst_search.sampling import ValidOptunaSearch, concurrency_of, make_sampler, warm_start_points  # noqa: E402
+from bst_search import tracking
+from bst_search.config import SCHEMA
+from bst_search.sampling import ValidOptunaSearch, concurrency_of, make_sampler, warm_start_points
 
 FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<marker file>"
 
