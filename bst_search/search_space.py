@@ -344,6 +344,16 @@ class SearchSpace:
         """``{param: its when}`` for the conditional parameters."""
         return {n: dict(p.when) for n, p in self.params.items() if p.when}
 
+    def can_take(self, key: str, value: Any) -> bool:
+        """Whether some trial of this space may have ``key == value`` (its parameter's domain,
+        or the base/fixed value a trial gets while the parameter is absent or inactive)."""
+        if key not in config.SCHEMA:
+            raise SpaceError(f"{self.source}: {key}: unknown configuration key")
+        p = self.params.get(key)
+        fallback_applies = p is None or bool(p.when)
+        return (fallback_applies and _same(self._fallback()[key], value)) or (
+            p is not None and p.contains(value))
+
     def backbones_needed(self) -> list[str]:
         """Every backbone some trial of this space can use, so the data loads them once."""
         p = self.params.get("backbones")

@@ -277,6 +277,23 @@ def test_invalid_base_file_is_named(tmp_path: Path) -> None:
         load_space(_write(tmp_path, "base: broken.yaml\n"))
 
 
+def test_can_take() -> None:
+    mesh = load_space(SPACES / "mesh.yaml")
+    base = load_space(SPACES / "baseline.yaml")
+    assert mesh.can_take("data.crowd", "teacher") and not base.can_take("data.crowd", "teacher")
+    assert base.can_take("data.crowd", "none") and base.can_take("model.name", "hatr")
+    # a conditional parameter keeps its base value in trials where it is absent
+    assert mesh.can_take("model.heads", 8) and mesh.can_take("model.heads", 2)
+    assert not mesh.can_take("model.heads", 16)
+    assert mesh.can_take("train.lr", 1e-3) and not mesh.can_take("train.lr", 0.5)
+    assert mesh.can_take("backbones", ["clap_audio", "panns"])
+    assert not mesh.can_take("backbones", ["clap_text"])
+    no_crowd, _ = mesh.restricted_to(["clap_audio", "clap_text", "panns"], has_crowd=False)
+    assert not no_crowd.can_take("data.crowd", "teacher")
+    with pytest.raises(SpaceError, match="model.nope"):
+        mesh.can_take("model.nope", 1)
+
+
 # ------------------------------------------------------- cross-key rules and data at hand
 
 MIXED_HEADS = """
