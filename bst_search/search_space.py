@@ -257,11 +257,11 @@ class SearchSpace:
         base/fixed set cannot be dropped: needing missing data there is a :class:`SpaceError`,
         as is a restricted space none of whose combinations passes the rules. Crowd data
         without confidences add a data rule (:meth:`violation`): no confidence key together
-        with a crowd strategy. ``dropped`` is
-        one short entry per change (``data.crowd=all|teacher (no crowd data)``; a parameter
-        dropped because its ``when`` can no longer hold is named alone).
+        with a crowd strategy. ``dropped`` is one short entry per change
+        (``data.crowd=all|teacher (no crowd data)``; a parameter dropped because its ``when``
+        can no longer hold is named alone).
         """
-        missing = {"crowd": not has_crowd, "confidence": not has_confidence, "backbones": False}
+        missing = {"crowd": not has_crowd, "confidence": not has_confidence}
         available = set(available_backbones)
         fallback = self._fallback()
 
@@ -300,7 +300,8 @@ class SearchSpace:
                                      f"without {', '.join(gone)} (no embeddings)")
                 keep = tuple(b for b in p.choices if b in available)
                 q = dataclasses.replace(q, choices=keep, subsets=subsets,
-                                        max_size=min(p.max_size or len(keep), len(keep)))
+                                        min_size=min(len(x) for x in subsets),
+                                        max_size=max(len(x) for x in subsets))
             elif why:
                 keep = tuple(c for c in p.choices if not needs(p.name, c))
                 gone = [c for c in p.choices if needs(p.name, c)] if keep else []
