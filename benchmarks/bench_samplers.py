@@ -100,7 +100,7 @@ def report(curves: dict[str, np.ndarray], png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     print("\nbest-so-far OOF strict hF, mean ± std over seeds (min..max)")
-    print(f"{'sampler':8s}" + "".join(f"{'@' + str(c):>26s}" for c in CHECKPOINTS))
+    print(f"{'sampler':8s}" + "".join(f"{'@' + str(c) + ' trials':>33s}" for c in CHECKPOINTS))
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, values in curves.items():
         best = np.maximum.accumulate(values, axis=1)
@@ -109,7 +109,7 @@ def report(curves: dict[str, np.ndarray], png: Path, title: str) -> None:
             if c <= best.shape[1]:
                 col = best[:, c - 1]
                 cells.append(f"{col.mean():.4f} ± {col.std():.4f} ({col.min():.3f}..{col.max():.3f})")
-        print(f"{name:8s}" + "".join(f"{c:>26s}" for c in cells))
+        print(f"{name:8s}" + "".join(f"{c:>33s}" for c in cells))
         x = np.arange(1, best.shape[1] + 1)
         ax.plot(x, best.mean(axis=0), label=f"{name} (n={best.shape[0]})")
         ax.fill_between(x, best.min(axis=0), best.max(axis=0), alpha=0.15)
