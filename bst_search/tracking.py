@@ -16,6 +16,7 @@ Run schema (DESIGN.md, "Tracking"):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from bst_search.taxonomy import CODES
 KIND, SWEEP, TRIAL_ID, STATUS = "bst.kind", "bst.sweep", "bst.trial_id", "bst.status"
 DATA_FP, FOLD_FP, EVAL_FP, BACKBONES = "bst.data_fp", "bst.fold_fp", "bst.eval_fp", "bst.backbones"
 CPUS, GPUS, RUN_NAME, NOTE = "bst.cpus", "bst.gpus", "mlflow.runName", "mlflow.note.content"
+VIEW_KEY = "bst-sweep"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # MLflow UI: a shareable runs-table view
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # MLflow 3
 ARTIFACTS = ("oof.parquet", "eval.parquet", "config.yaml", "metrics.json")
 SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict", "oof_hR_strict",
@@ -101,6 +104,21 @@ def describe_experiment(cl: Any, experiment_id: str, *, sweep: str, space: Any,
              "(step = fold). The run tagged `bst.kind = ensemble` holds the ensemble, its "
              "honest (nested-CV) estimate, the submission and `report.html`."]
     _with_retry(cl.set_experiment_tag, experiment_id, NOTE, "\n".join(lines))
+    _with_retry(cl.set_experiment_tag, experiment_id, VIEW_TAG, json.dumps(runs_view(
+        space.metric, space.mode, list(space.params))))
+
+
+def runs_view(metric: str, mode: str, params: list[str]) -> dict[str, Any]:
+    """The runs table a sweep opens on, as an MLflow UI shared view (experiment tag
+    ``mlflow.sharedViewState.<key>``, URL ``viewStateShareKey=<key>``): sorted by the
+    objective, with score, fold spread and the searched options as columns."""
+    metrics = [metric] + [m for m in ("oof_hF_strict", "oof_hF", "fold_hF_std", "oof_top_acc")
+                          if m != metric]
+    cols = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params[:10]]
+            + [f"tags.`{STATUS}`"])
+    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
+            "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
+            "datasetsFilter": [], "selectedColumns": cols}
 
 
 def run_name(trial_id: str, cfg: dict[str, Any], value: float | None = None) -> str:
@@ -112,9 +130,12 @@ def run_name(trial_id: str, cfg: dict[str, Any], value: float | None = None) -> 
 
 
 def runs_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs page in the MLflow UI at ``base`` (e.g. http://127.0.0.1:5000);
-    ``workflowType`` keeps MLflow 3's UI out of its GenAI mode."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The experiment's runs page in the MLflow UI at ``base`` (e.g. http://127.0.0.1:5000).
+    ``workflowType``: MLflow 3.17's UI shows a global GenAI / Model training switch that
+    overrides the experiment kind and starts on GenAI in a new browser; ``viewStateShareKey``
+    opens the sweep's view (:func:`runs_view`)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
 
 
 def ui_command(uri: str, workdir: str | Path, experiment_id: str | None = None) -> str:

@@ -60,3 +60,141 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """
     out = tmp_path_factory.mktemp("tiny-data")
     return make_synthetic(out, n=800, crowd_n=300, eval_n=200, seed=0)
+
+
+# --------------------------------------------------------------------------- sweeps and browsers
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--window-size=1400,1000")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_lines(proc, needle: str, timeout: float) -> str:
+    """Read a subprocess's stdout until a line contains ``needle``; all text read so far."""
+    import selectors
+    import time
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    text, deadline = "", time.time() + timeout
+    while time.time() < deadline:
+        if not sel.select(timeout=0.5):
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        text += line
+        if needle in line:
+            return text
+    raise AssertionError(f"no line with {needle!r} within {timeout:.0f} s; output:\n{text[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests save screenshots: $BST_TEST_ARTIFACTS, else a temporary folder."""
+    env = os.environ.get("BST_TEST_ARTIFACTS")
+    path = Path(env) if env else tmp_path_factory.mktemp("browser-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test screenshots: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chrome(tmp_path_factory: pytest.TempPathFactory):
+    """Debian's headless Chromium driven by selenium through chromium-driver (no download);
+    skipped, with the reason, on a machine without them."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"browser checks skipped: {', '.join(missing)} not installed "
+                    f"(apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("browser checks skipped: selenium is not installed (pip install -e .[dev])")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real smoke sweep (4 trials, one at a time) through the CLI, then its ensemble.
+
+    While the sweep runs, ``bst-search dashboard`` is started on its stores and stopped with
+    SIGINT; what it printed and served is recorded under ``live`` for tests/test_dashboard.py.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from bst_search.ensemble import main as ensemble_main
+
+    root = Path(__file__).resolve().parents[1]
+    wd = tmp_path_factory.mktemp("small-sweep")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BST_OPTUNA_STORAGE")}
+    cmd = [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
+           "--eval-data", str(tiny_data["eval"]), "--space", str(root / "search_spaces" / "smoke.yaml"),
+           "--experiment", "rep", "--trials", "4", "--concurrency", "1", "--workdir", str(wd)]
+    sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    live: dict = {}
+    try:
+        deadline = time.time() + 300
+        while not (wd / "optuna.db").exists() or not (wd / "mlflow.db").exists() \
+                or not (wd / "mlartifacts").exists():
+            assert sweep.poll() is None and time.time() < deadline, "the sweep ended early"
+            time.sleep(0.3)
+        time.sleep(1)
+        ports = free_port(), free_port()
+        dash = subprocess.Popen(
+            [sys.executable, "-m", "bst_search.cli", "dashboard", "--experiment", "rep",
+             "--workdir", str(wd), "--mlflow-port", str(ports[0]), "--optuna-port", str(ports[1])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            live["printed"] = wait_for_lines(dash, "Ray dashboard", 240)
+            live["sweep_running"] = sweep.poll() is None
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/api/studies", timeout=30) as r:
+                live["studies"] = json.loads(r.read())
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=30) as r:
+                live["mlflow_status"] = r.status
+        finally:
+            dash.send_signal(signal.SIGINT)
+            t0 = time.time()
+            live["rc"] = dash.wait(60)
+            live["stop_seconds"] = time.time() - t0
+            live["printed"] = live.get("printed", "") + dash.stdout.read()
+        live["ports"] = ports
+        out, _ = sweep.communicate(timeout=900)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert sweep.returncode == 0, out[-3000:]
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    rc = ensemble_main(["--experiment", "rep", "--workdir", str(wd), "--eval-data",
+                        str(tiny_data["eval"]), "--sk-epochs", "5"])
+    assert rc == 0
+    return {"workdir": wd, "uri": uri, "experiment": "rep", "sweep_output": out, "live": live,
+            "eval_labels": tiny_data["eval_labels"]}
