@@ -79,20 +79,31 @@ def free_port() -> int:
 
 
 def wait_for_lines(proc, needle: str, timeout: float) -> str:
-    """Read a subprocess's stdout until a line contains ``needle``; all text read so far."""
-    import selectors
+    """Read a subprocess's stdout until a line contains ``needle``; all text read so far.
+
+    A reader thread owns the pipe (select() on a buffered pipe misses lines already read
+    into the buffer); the lines read stay in ``proc.lines`` for a later call.
+    """
+    import queue
+    import threading
     import time
 
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not hasattr(proc, "lines"):
+        proc.lines = queue.Queue()
+
+        def pump() -> None:
+            for line in proc.stdout:
+                proc.lines.put(line)
+            proc.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
     text, deadline = "", time.time() + timeout
     while time.time() < deadline:
-        if not sel.select(timeout=0.5):
-            if proc.poll() is not None:
-                break
+        try:
+            line = proc.lines.get(timeout=0.5)
+        except queue.Empty:
             continue
-        line = proc.stdout.readline()
-        if not line:
+        if line is None:
             break
         text += line
         if needle in line:
@@ -137,17 +148,10 @@ def chrome(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A real smoke sweep (4 trials, one at a time) through the CLI, then its ensemble.
-
-    While the sweep runs, ``bst-search dashboard`` is started on its stores and stopped with
-    SIGINT; what it printed and served is recorded under ``live`` for tests/test_dashboard.py.
-    """
-    import json
-    import signal
+    """A real smoke sweep of 4 trials through the CLI, then its ensemble (for the report,
+    dashboard and browser tests)."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     from bst_search.ensemble import main as ensemble_main
 
@@ -156,45 +160,11 @@ def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BST_OPTUNA_STORAGE")}
     cmd = [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
            "--eval-data", str(tiny_data["eval"]), "--space", str(root / "search_spaces" / "smoke.yaml"),
-           "--experiment", "rep", "--trials", "4", "--concurrency", "1", "--workdir", str(wd)]
-    sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    live: dict = {}
-    try:
-        deadline = time.time() + 300
-        while not (wd / "optuna.db").exists() or not (wd / "mlflow.db").exists() \
-                or not (wd / "mlartifacts").exists():
-            assert sweep.poll() is None and time.time() < deadline, "the sweep ended early"
-            time.sleep(0.3)
-        time.sleep(1)
-        ports = free_port(), free_port()
-        dash = subprocess.Popen(
-            [sys.executable, "-m", "bst_search.cli", "dashboard", "--experiment", "rep",
-             "--workdir", str(wd), "--mlflow-port", str(ports[0]), "--optuna-port", str(ports[1])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            live["printed"] = wait_for_lines(dash, "Ray dashboard", 240)
-            live["sweep_running"] = sweep.poll() is None
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/api/studies", timeout=30) as r:
-                live["studies"] = json.loads(r.read())
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=30) as r:
-                live["mlflow_status"] = r.status
-        finally:
-            dash.send_signal(signal.SIGINT)
-            t0 = time.time()
-            live["rc"] = dash.wait(60)
-            live["stop_seconds"] = time.time() - t0
-            live["printed"] = live.get("printed", "") + dash.stdout.read()
-        live["ports"] = ports
-        out, _ = sweep.communicate(timeout=900)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-            sweep.wait()
-    assert sweep.returncode == 0, out[-3000:]
-    uri = f"sqlite:///{wd / 'mlflow.db'}"
+           "--experiment", "rep", "--trials", "4", "--workdir", str(wd)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rc = ensemble_main(["--experiment", "rep", "--workdir", str(wd), "--eval-data",
-                        str(tiny_data["eval"]), "--sk-epochs", "5"])
+                        str(tiny_data["eval"]), "--sk-epochs", "5", "--max-shift", "0.5"])
     assert rc == 0
-    return {"workdir": wd, "uri": uri, "experiment": "rep", "sweep_output": out, "live": live,
-            "eval_labels": tiny_data["eval_labels"]}
+    return {"workdir": wd, "uri": f"sqlite:///{wd / 'mlflow.db'}", "experiment": "rep",
+            "sweep_output": r.stdout, "eval_labels": tiny_data["eval_labels"]}
