@@ -36,7 +36,6 @@ def test_report_is_self_contained_with_every_section(built, small_sweep):
     # plotly's JavaScript once, inline; nothing fetched from the network
     assert page.count("<script type=\"text/javascript\">") == 1
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"?https?:", page)
-    assert "cdn.plot.ly" not in page
     assert "honest estimate (believe this)" in page
     assert "evaluation labels, official hF" in page  # --eval-labels was given
     assert "Parameter importances (optuna.importance)" in page
