@@ -70,5 +70,6 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     path = write_report(sweep, workdir / "reports" / f"{experiment}.html")
     log_to_ensemble_run(sweep, path)
     print(f"dashboards: bst-search dashboard --experiment {experiment} --workdir {workdir}")
-    print(f"report:     {path}   (open it in a browser; logged with the ensemble run)")
+    print("the sweep's report (self-contained HTML, also logged with the ensemble run):")
+    print(f"report:     {path}")
     return 0

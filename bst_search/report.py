@@ -226,7 +226,7 @@ def load_sweep(experiment: str, *, tracking_uri: str | None = None, workdir: str
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{workdir / 'mlflow.db'}"
     check_store(uri)
-    cl = tracking.client(uri)
+    cl = tracking.client(read_only_sqlite(uri))  # safe beside a running sweep's driver
     try:
         exp = cl.get_experiment_by_name(experiment)
         names = [] if exp else [e.name for e in cl.search_experiments(max_results=50)]
