@@ -37,6 +37,7 @@ from bst_search.taxonomy import CODES, NAMES, TOP_LEVELS, TOP_NAMES, top_of
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 TEMPLATE, STYLES = "report.html.j2", "report.css"
+ARTIFACT = "report.html"  # its name in the ensemble run
 TOP_N = 20  # leaderboard rows and heatmap columns
 MAX_CATEGORIES = 24  # a parameter with more distinct values is treated as numeric / skipped
 STATUS_ORDER = ("complete", "early_stopped", "failed", "interrupted", "running")
@@ -755,8 +756,14 @@ def log_to_ensemble_run(s: Sweep, path: Path) -> str | None:
     """Attach the report to the latest ensemble run (DESIGN: logged with the ensemble run)."""
     if s.ensemble_run is None:
         return None
+    import shutil
+    import tempfile
+
     cl = tracking.client(s.tracking_uri)
-    tracking._with_retry(cl.log_artifact, s.ensemble_run.info.run_id, str(path))
+    with tempfile.TemporaryDirectory() as tmp:  # one name in every ensemble run
+        named = Path(tmp) / ARTIFACT
+        shutil.copyfile(path, named)
+        tracking._with_retry(cl.log_artifact, s.ensemble_run.info.run_id, str(named))
     return s.ensemble_run.info.run_id
 
 

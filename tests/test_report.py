@@ -49,7 +49,7 @@ def test_report_is_logged_with_the_ensemble_run(built, small_sweep):
     cl = tracking.client(small_sweep["uri"])
     exp = cl.get_experiment_by_name("rep")
     (ens,) = tracking.find_runs(cl, exp.experiment_id, kind="ensemble")
-    assert built["path"].name in {a.path for a in cl.list_artifacts(ens.info.run_id)}
+    assert report.ARTIFACT in {a.path for a in cl.list_artifacts(ens.info.run_id)}
 
 
 def test_leaderboard_numbers_are_mlflows(built, small_sweep):
