@@ -398,8 +398,7 @@ def summary_section(s: Sweep) -> Section:
     fig = go.Figure(go.Bar(x=order, y=[int(counts[k]) for k in order], marker_color="#4c78a8"))
     fig.update_layout(title="Trials by status", yaxis_title="trials")
     sec.fig(fig, 320)
-    done = t[(t["bst_status"] == "complete") & t.get(s.metric, pd.Series(dtype=float)).notna()] \
-        if s.metric in t else t.iloc[0:0]
+    done = s.complete.sort_values("number")
     if not len(done):
         sec.add(_note("No complete trial yet: the objective plots appear with the first one."))
         return sec
