@@ -1,4 +1,5 @@
-"""``bst-search`` command line: synth, data, trial, search, ensemble, score, extract, demo.
+"""``bst-search`` command line: synth, data, trial, search, ensemble, score, extract, report,
+dashboard, demo.
 
 Heavy imports (torch, ray, mlflow) happen inside the subcommands so that ``--help`` and
 data-only commands start quickly.
@@ -125,6 +126,18 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return execute(args)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bst_search.report import run
+
+    return run(args)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from bst_search.dashboard import serve
+
+    return serve(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bst_search.demo import run_demo
 
@@ -184,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("extract", help="audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
     add_extract_arguments(s)
     s.set_defaults(func=_cmd_extract)
+
+
+    from bst_search import dashboard, report
+
+    s = sub.add_parser("report", help="self-contained HTML report of a sweep (MLflow + Optuna)")
+    report.add_arguments(s)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("dashboard", help="MLflow UI + optuna-dashboard on a (running) sweep")
+    dashboard.add_arguments(s)
+    s.set_defaults(func=_cmd_dashboard)
 
     s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")
     s.add_argument("--workdir", default="bst-runs/demo")

@@ -2,7 +2,8 @@
 
 synthetic dataset in the official layout -> a small Ray Tune + Optuna sweep logged to a local
 MLflow -> greedy ensemble with its honest estimate -> challenge submission -> its score on
-the held-out synthetic evaluation labels, printed next to the honest estimate.
+the held-out synthetic evaluation labels, printed next to the honest estimate -> the HTML
+report (``bst-search report``), whose path is the last line printed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
                        audio_n=DEMO_AUDIO_N)
     else:
         print(f"== 1/4 synthetic data already in {data}")
-    for old in ("tune", "sweeps", "mlflow.db", "mlartifacts", "optuna.db", "ensembles", "ensemble-cache"):
+    for old in ("tune", "sweeps", "mlflow.db", "mlartifacts", "optuna.db", "ensembles", "ensemble-cache",
+                "report-cache", "reports"):
         p = workdir / old  # the demo owns its work dir: every `make demo` starts a fresh sweep
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -63,4 +65,13 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     print(f"  evaluation set, official hF        {score['hF']:.4f}   (strict {score['hF_strict']:.4f})")
     print(f"  |evaluation - honest| = {abs(score['hF'] - honest):.4f}")
     print(f"\nsubmission: {out / 'submission.csv'}\nMLflow UI:  {summary['ui']}")
+
+    from bst_search.report import load_sweep, log_to_ensemble_run, write_report
+
+    sweep = load_sweep(experiment, workdir=workdir, eval_labels=data / "eval_labels.csv")
+    path = write_report(sweep, workdir / "reports" / f"{experiment}.html")
+    log_to_ensemble_run(sweep, path)
+    print(f"dashboards: bst-search dashboard --experiment {experiment} --workdir {workdir}")
+    print("the sweep's report (self-contained HTML, also logged with the ensemble run):")
+    print(f"report:     {path}")
     return 0
