@@ -108,6 +108,11 @@ class SweepOptunaSearch(OptunaSearch):
         t = self._ot_trials.get(trial_id)
         return None if t is None else self._ot_study._storage.get_trial(t._trial_id)
 
+    def _rerun_told(self, number: int) -> bool:
+        """Whether a re-run of FAIL trial ``number`` already has its own Optuna trial."""
+        return any(t.user_attrs.get("bst.rerun_of") == number
+                   for t in self._ot_study.get_trials(deepcopy=False))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         frozen = self._frozen(trial_id)
         if frozen is None or frozen.state.is_finished() or self.metric not in result:
@@ -125,7 +130,8 @@ class SweepOptunaSearch(OptunaSearch):
         S = optuna.trial.TrialState
         if not frozen.state.is_finished():
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
-        elif frozen.state == S.FAIL and state != S.FAIL:  # an errored trial re-run on resume
+        elif frozen.state == S.FAIL and state != S.FAIL and not self._rerun_told(frozen.number):
+            # an errored trial re-run on resume
             values = dict(frozen.intermediate_values)
             if state == S.PRUNED and result and isinstance(result.get(self.metric), (int, float)):
                 values[int(result.get("training_iteration", len(values) + 1))] = float(result[self.metric])

@@ -33,7 +33,7 @@ SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict
                    "oof_acc", "oof_top_acc", "oof_macro_acc", "oof_macro_top_acc", "oof_top2_acc",
                    "oof_top_top2_acc", "oof_n_never_predicted", "fold_hF_mean", "fold_hF_std",
                    "fold_hF_strict_mean", "fold_hF_strict_std", "train_seconds",
-                   "model_seconds", "wall_seconds", "epochs_mean")
+                   "model_seconds", "wall_seconds", "epochs_mean", "folds_resumed")
 
 
 def default_workdir() -> Path:
