@@ -361,10 +361,8 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
     def fit(tuner: Any) -> set[str]:
         """Run one Tune experiment; returns the trials Ctrl-C cut off (none when it ended)."""
         tuner.fit()
-        cut = {t.trial_id for t in logger.trials if t.status not in ("TERMINATED", "ERROR")}
-        for t in logger.trials:  # terminated trials whose run a dead driver never closed
-            if t.status == "TERMINATED":
-                logger.finish(t.trial_id, t.last_result or {}, t.checkpoint, dict(t.config))
+        cut = logger.cut_off()
+        logger.finish_restored()
         logger.interrupt(cut)
         return cut
 
