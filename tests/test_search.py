@@ -188,7 +188,9 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
     for db in dbs.values():
         conn.execute(f"CREATE DATABASE {db}")
     backend = PG.rsplit("/", 1)[0] + f"/{dbs['mlflow']}"
-    optuna_url = PG.rsplit("/", 1)[0] + f"/{dbs['optuna']}"
+    # trust auth accepts any password: enough to check that it is never printed or pickled
+    secret = "Pw-s3cret-4711"
+    optuna_url = PG.rsplit("/", 1)[0].replace("postgres@", f"postgres:{secret}@") + f"/{dbs['optuna']}"
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
@@ -205,10 +207,13 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
             except OSError:
                 assert server.poll() is None, "the MLflow server did not start"
                 time.sleep(0.5)
-        r = subprocess.run(_search_cmd(tiny_data, tmp_path, "cluster", 2, "--tracking-uri", uri,
-                                       "--optuna-storage", optuna_url),
-                           env=_env(), capture_output=True, text=True, timeout=600)
+        r = subprocess.run(_search_cmd(tiny_data, tmp_path, "cluster", 2, "--tracking-uri", uri),
+                           env=_env(BST_OPTUNA_STORAGE=optuna_url),  # the secret via the environment
+                           capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert secret not in r.stdout + r.stderr and "postgres:***@" in r.stdout
+        for f in (tmp_path / "tune").rglob("*"):  # tuner.pkl, searcher state, experiment state
+            assert not f.is_file() or secret.encode() not in f.read_bytes(), f
         dev = load_dataset(tiny_data["dev"])
         _check_complete_runs(uri, "cluster", 2, list(dev.ids))
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
@@ -216,7 +221,11 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
         assert _optuna_states(optuna_url, "cluster") == {"COMPLETE": 2}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not leave it behind
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
         for db in dbs.values():
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.close()
