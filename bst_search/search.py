@@ -393,6 +393,9 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
         counts = {"interrupted": len(cut), "failed_writes": len(failed_writes)}
         if not cut:
             counts.update(_close_orphans(logger, rdb, args.experiment))
+    except KeyboardInterrupt:  # a second Ctrl-C: do not wait for MLflow again
+        logger.close(wait=False)
+        raise
     finally:
         logger.close()
     summary = summarize(logger, space, fixed["_tracking_uri"], workdir)
@@ -450,7 +453,7 @@ def summarize(logger: Any, space: Any, uri: str, workdir: Path, top: int = 10) -
         key = space.metric if space.metric in frame else "oof_hF_strict"
         frame = frame.sort_values(key, ascending=asc, na_position="last")
     return {"n_finished": len(frame), "n_complete": int((frame.get("status") == "complete").sum()) if len(frame) else 0,
-            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir), "workdir": str(workdir),
+            "top": frame.head(top), "ui": tracking.ui_command(mask_url(uri), workdir), "workdir": str(workdir),
             "tracking_uri": mask_url(uri)}
 
 

@@ -63,12 +63,15 @@ class Writers:
         for q in self.queues:
             q.join()
 
-    def close(self) -> None:
-        self.drain()
-        for q in self.queues:
-            q.put(None)
-        for t in self.threads:
-            t.join(10)
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads, after the queued writes unless ``wait`` is false (they are lost;
+        ``--resume`` closes what they would have closed)."""
+        if wait:
+            self.drain()
+            for q in self.queues:
+                q.put(None)
+            for t in self.threads:
+                t.join(10)
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -131,9 +134,10 @@ class MlflowTrialLogger(tune.Callback):
             return list(self.writers.errors)
         return []
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self.writers is not None:
-            self.writers.close()
+            self.writers.close(wait)
+            self.writers = None
         _LIVE.pop(self.sweep, None)
 
     # -- writes, run by the writer threads -------------------------------------------------
