@@ -113,6 +113,22 @@ def test_invalid_space_is_refused_before_ray_starts(tiny_data, tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
+def test_local_tune_storage_on_a_cluster_is_refused_before_anything_starts(tiny_data, tmp_path):
+    dead = f"127.0.0.1:{_free_port()}"  # nothing is joined: the refusal comes first
+    r = subprocess.run(_search_cmd(tiny_data, tmp_path, "nfs", 2, "--address", dead),
+                       capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "--tune-storage" in r.stderr and "--shared-fs" in r.stderr
+    assert not (tmp_path / "tune").exists() and "Ray" not in r.stdout
+    assert sweep_identity_absent(tmp_path, "nfs")  # a failed start leaves no sweep behind
+
+
+def sweep_identity_absent(workdir: Path, experiment: str) -> bool:
+    from bst_search.sweep_state import read_identity
+
+    return read_identity(f"sqlite:///{workdir / 'optuna.db'}", experiment) is None
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
     n = 6
