@@ -44,7 +44,8 @@ SPACE = {"description": "benchmark: the driver alone", "scheduler": "none", "bas
                     "model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}}
 
 
-def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int) -> None:
+def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int,
+                **_: Any) -> None:
     """A few ms of real work per fold; reports and checkpoints like ``trial_fn``."""
     import json
 
