@@ -13,6 +13,7 @@ from pathlib import Path
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEMO_N, DEMO_EVAL_N = 4000, 2000
+DEMO_AUDIO_N = 24  # data/audio_demo: generated clips for `bst-search extract` (README, Extraction)
 
 
 def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
@@ -25,7 +26,8 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     data = workdir / "data"
     if not (data / "dev").exists():
         print(f"== 1/4 synthetic BST data ({DEMO_N} development, {DEMO_EVAL_N} evaluation sounds) -> {data}")
-        make_synthetic(data, n=DEMO_N, eval_n=DEMO_EVAL_N, seed=0, progress=True)
+        make_synthetic(data, n=DEMO_N, eval_n=DEMO_EVAL_N, seed=0, progress=True,
+                       audio_n=DEMO_AUDIO_N)
     else:
         print(f"== 1/4 synthetic data already in {data}")
     for old in ("tune", "sweeps", "mlflow.db", "mlartifacts", "optuna.db", "ensembles", "ensemble-cache"):
