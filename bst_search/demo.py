@@ -7,7 +7,6 @@ the held-out synthetic evaluation labels, printed next to the honest estimate.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ DEMO_N, DEMO_EVAL_N = 4000, 2000
 def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     from bst_search.ensemble import main as ensemble_main
     from bst_search.ensemble.submission import score_submission
-    from bst_search.search import print_summary, run_search
+    from bst_search.search import build_parser, print_summary, run_search
     from bst_search.synth import make_synthetic
 
     workdir = workdir.resolve()
@@ -34,13 +33,10 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     print(f"== 2/4 sweep: {trials} trials of search_spaces/demo.yaml with Ray Tune + Optuna")
-    args = argparse.Namespace(
-        data=str(data / "dev"), eval_data=str(data / "eval"), crowd_data=None,
-        space=str(SPACES / "demo.yaml"), experiment=experiment, trials=trials, concurrency=None,
-        cpus_per_trial=None, gpus_per_trial=None, workdir=str(workdir), tracking_uri=None,
-        optuna_storage=None, tune_storage=None, address=None, resume=False, scheduler=None,
-        folds=5, seed=0,
-        max_failures=2, missing="error")
+    args = build_parser().parse_args([
+        "--data", str(data / "dev"), "--eval-data", str(data / "eval"),
+        "--space", str(SPACES / "demo.yaml"), "--experiment", experiment, "--trials", str(trials),
+        "--workdir", str(workdir)])
     summary = run_search(args)
     print_summary(summary, experiment)
 

@@ -6,6 +6,7 @@ Every sweep runs in a subprocess with its own local Ray, as a user would run it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,32 +64,40 @@ def _check_complete_runs(uri: str, experiment: str, n: int, dev_ids) -> list:
     return runs
 
 
-def _optuna_states(storage: str, sweep: str) -> dict[str, int]:
-    study = optuna.load_study(study_name=sweep, storage=storage)
+def _optuna_states(storage: str, experiment: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=experiment, storage=storage)
     out: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 
 
-def _sweep_id(workdir: Path, experiment: str) -> str:
+def _identity(storage: str, experiment: str) -> dict:
+    """The sweep's identity as kept in shared state (the Optuna study's user attributes)."""
     import json
 
-    return json.loads((workdir / "sweeps" / f"{experiment}.json").read_text())["sweep"]
+    return json.loads(optuna.load_study(study_name=experiment, storage=storage)
+                      .user_attrs["bst.identity"])
 
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end_survives_a_dying_worker(tiny_data, tmp_path):
     marker = tmp_path / "worker-died"
     env = _env(**{FAULT_ENV: f"1:{marker}"})  # the first trial to finish fold 1 kills its worker
+    # a stale cluster address (as an earlier `ray start` leaves behind) must not be joined:
+    # without --address the driver starts its own private Ray
+    env["RAY_ADDRESS"] = f"127.0.0.1:{_free_port()}"
     r = subprocess.run(_search_cmd(tiny_data, tmp_path, "e2e", 4), env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "started a private local Ray" in r.stdout
     assert marker.exists()  # a worker process really died mid-trial and was retried
     assert "MLflow UI" in r.stdout and "oof_hF_strict" in r.stdout
     dev = load_dataset(tiny_data["dev"])
-    _check_complete_runs(tracking.tracking_uri(tmp_path), "e2e", 4, list(dev.ids))
-    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", _sweep_id(tmp_path, "e2e"))
+    runs = _check_complete_runs(tracking.tracking_uri(tmp_path), "e2e", 4, list(dev.ids))
+    for run in runs:  # the Ray node that ran the trial
+        assert re.fullmatch(r"[0-9a-f]{56}", run.data.tags["bst.node"])
+    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", "e2e")
     assert states == {"COMPLETE": 4}
 
 
@@ -137,7 +146,7 @@ def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
         assert after[trial_id] == run
     statuses = {r.info.status for r in _trial_runs(uri, "resume")}
     assert statuses <= {"FINISHED", "KILLED", "FAILED"}  # nothing left RUNNING
-    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", _sweep_id(tmp_path, "resume"))
+    states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", "resume")
     assert states.get("COMPLETE") == n and "RUNNING" not in states
     # resuming a finished sweep again changes nothing
     again = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
@@ -201,7 +210,7 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
         _check_complete_runs(uri, "cluster", 2, list(dev.ids))
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
         assert any((tmp_path / "server-artifacts").rglob("oof.parquet"))
-        assert _optuna_states(optuna_url, _sweep_id(tmp_path, "cluster")) == {"COMPLETE": 2}
+        assert _optuna_states(optuna_url, "cluster") == {"COMPLETE": 2}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
