@@ -193,7 +193,9 @@ def check_sweep(c: ch.Cluster, experiment: str, n: int, dev_ids: list[str]) -> d
     sweeps = {r.data.tags["bst.sweep"] for r in runs}
     assert len(sweeps) == 1, sweeps
     sweep = sweeps.pop()
-    study = optuna.load_study(study_name=sweep, storage=c.db_url("optuna"))
+    names = set(optuna.get_all_study_names(c.db_url("optuna"))) & {experiment, sweep}
+    assert len(names) == 1, f"no single Optuna study for sweep {sweep}: {names}"
+    study = optuna.load_study(study_name=names.pop(), storage=c.db_url("optuna"))
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
