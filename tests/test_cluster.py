@@ -298,3 +298,98 @@ def test_sweep_survives_an_mlflow_server_restart(cluster: ch.Cluster, tiny_data,
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+# --------------------------------------------------------------------------- the launch files, run
+
+
+def test_cloud_head_setup_creates_databases_and_serves_mlflow_on_s3(tmp_path) -> None:
+    """launch/setup.sh, the setup of launch/cluster.yaml's nodes, run as `ray up` runs it (a
+    login shell's HOME with ~/bst-search.env), against PostgreSQL and the S3 endpoint."""
+    import psycopg
+
+    from bst_search import tracking
+
+    c = ch.new_cluster()
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        c.start_s3()
+        c.databases = {r: f"{ch.DB_PREFIX}setup_{c.marker}_{r}" for r in ("mlflow", "optuna")}
+        port = ch.free_port()
+        (home / "bst-search.env").write_text(
+            "export BST_DB_URL=postgresql+psycopg://postgres@127.0.0.1:5432\n"
+            f"export BST_MLFLOW_DB={c.databases['mlflow']} BST_OPTUNA_DB={c.databases['optuna']}\n"
+            f"export BST_S3_URI=s3://{c.bucket}/bst-search\n"
+            f"export BST_MLFLOW_HOST=127.0.0.1 BST_MLFLOW_PORT={port}\n"
+            f"export BST_VENV={sys.prefix}\n")
+        (home / "bst-search-ray-token").write_text("f" * 64)
+        env = {**c.env("setup"), "HOME": str(home)}
+
+        def setup(mode: str) -> str:
+            r = subprocess.run(["bash", str(ROOT / "launch" / "setup.sh"), mode], env=env, cwd=home,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            return r.stdout
+
+        setup("node")
+        setup("node")  # idempotent
+        bashrc = (home / ".bashrc").read_text()
+        assert bashrc.count("launch/cluster_env.sh") == 1
+        out = setup("head")
+        assert f"created ['{c.databases['mlflow']}', '{c.databases['optuna']}']" in out
+        with psycopg.connect(ch.PG_ADMIN_URL) as conn:
+            have = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        assert set(c.databases.values()) <= have
+        uri = f"http://127.0.0.1:{port}"
+        assert f"export MLFLOW_TRACKING_URI={uri}" in (home / ".bashrc").read_text()
+        # a login shell of the node sees what the driver and `ray start` need
+        r = subprocess.run(["bash", "-lic", "echo $BST_OPTUNA_STORAGE $BST_TUNE_STORAGE $RAY_AUTH_MODE "
+                            "$RAY_AUTH_TOKEN_PATH $MLFLOW_TRACKING_URI"], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.stdout.split() == [
+            f"postgresql+psycopg://postgres@127.0.0.1:5432/{c.databases['optuna']}",
+            f"s3://{c.bucket}/bst-search/tune", "token", str(home / "bst-search-ray-token"), uri]
+        # the server keeps runs in PostgreSQL and artifacts in the bucket
+        cl = tracking.client(uri)
+        exp = cl.create_experiment("setup-check")
+        run = cl.create_run(exp)
+        (tmp_path / "oof.parquet").write_bytes(b"x")
+        cl.log_artifact(run.info.run_id, str(tmp_path / "oof.parquet"))
+        assert any(k.startswith("bst-search/mlartifacts/") and k.endswith("oof.parquet")
+                   for k in c.s3_keys())
+        first = int((home / "mlflow.pid").read_text())
+        out = setup("head")  # `ray up` again: same databases, the server restarted
+        assert "created none" in out
+        assert int((home / "mlflow.pid").read_text()) != first and not ch._alive(first)
+        assert tracking.client(uri).get_run(run.info.run_id).info.experiment_id == exp
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
+
+
+def _sshd_missing() -> str | None:
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()):
+        return "no sshd: apt-get install -y openssh-server (.ci/run does)"
+    if not shutil.which("unshare"):
+        return "no unshare (util-linux)"
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 22)) == 0:
+            running = subprocess.run(["bash", str(ROOT / "launch" / "local_sshd.sh"), "running",
+                                      str(Path.home() / ".bst-search" / "local" / "sshd")])
+            if running.returncode != 0:
+                return "another sshd listens on 127.0.0.1:22; launch/local_sshd.sh needs that port"
+    return None
+
+
+@pytest.mark.skipif(_sshd_missing() is not None, reason=str(_sshd_missing()))
+def test_ray_up_submit_down_on_this_machine() -> None:
+    """launch/local_e2e.sh: sshd, ray up (venv built by the setup commands, launch/setup.sh),
+    ray submit of a smoke sweep, runs checked through the head's MLflow server, ray down."""
+    r = subprocess.run(["bash", str(ROOT / "launch" / "local_e2e.sh")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=2400)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert r.stdout.count("e2e check:") == 2, r.stdout
+    print("\n" + r.stdout.strip().splitlines()[-1])

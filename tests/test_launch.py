@@ -209,6 +209,22 @@ def test_image_matches_local_ray() -> None:
 
 def test_readme_covers_the_workflow() -> None:
     text = (ROOT / "launch" / "README.md").read_text()
-    for needle in ("docker build", "ray up launch/cluster.yaml", "ray submit", "launch/search.py",
-                   "--resume", "ray down launch/cluster.yaml", "bst_search.ensemble", "5000"):
+    for needle in ("docker build", "ray up -y launch/cluster.yaml", "ray submit", "launch/search.py",
+                   "--resume", "ray down -y launch/cluster.yaml", "bst_search.ensemble", "5000",
+                   "ray dashboard launch/cluster.yaml", "IAM", "Bucket", "Database",
+                   "postgresql+psycopg://", "ray-token", "bash launch/local_e2e.sh"):
         assert needle in text, needle
+
+
+def test_readme_mesh_example_is_runnable() -> None:
+    """The mesh sweep passes --crowd-data, since mesh.yaml samples crowd strategies, and every
+    data.crowd value the guide names exists."""
+    from bst_search.config import SCHEMA
+
+    text = (ROOT / "launch" / "README.md").read_text()
+    example = re.search(r"ray submit --tmux launch/cluster.yaml launch/search.py -- \\\n(.*?)```",
+                        text, re.S).group(1)
+    assert "--space search_spaces/mesh.yaml" in example and "--crowd-data" in example
+    named = re.search(r"samples `data.crowd` from (.*?): every", text, re.S).group(1)
+    values = re.findall(r"`([a-z0-9_]+)`", named)
+    assert set(values) == set(SCHEMA["data.crowd"].choices), values
