@@ -8,7 +8,8 @@
 # Why namespaces: the cluster launcher runs `ray stop` on the head (`ray down` always does), and
 # `ray stop` kills every Ray process of the machine it runs on. Through this sshd it only sees
 # the processes started through this sshd (private PID namespace), so other Ray clusters on the
-# machine live on. Its home directory is DIR/home bind-mounted over the user's home, so what the
+# machine live on. Its home directory is /tmp/bst-local-sshd/home (with sshd's own files beside
+# it; BST_E2E_SSHD_STATE moves them) bind-mounted over the user's home, so what the
 # launcher and the setup commands write there (~/.bashrc lines, ~/bst-search, the bootstrap
 # config and key) never touches the real one; the Python installation (pyenv), pip's cache and
 # configuration are bind-mounted back in from the real home.
@@ -18,6 +19,8 @@ cmd=${1:?usage: local_sshd.sh start|stop|running DIR}
 dir=$(mkdir -p "${2:?usage: local_sshd.sh start|stop|running DIR}" && cd "$2" && pwd)
 pidfile=$dir/sshd.pid
 port=${BST_E2E_SSH_PORT:-22}
+# sshd's own files and the head's home: outside the real home, which the namespace covers
+state=${BST_E2E_SSHD_STATE:-/tmp/bst-local-sshd}
 
 running() { test -f "$pidfile" && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
@@ -34,6 +37,7 @@ if [ "$cmd" = stop ]; then
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
     rm -f "$pidfile"
+    rm -rf "$state"
     exit 0
 fi
 [ "$cmd" = start ] || { echo "usage: local_sshd.sh start|stop DIR" >&2; exit 2; }
@@ -51,10 +55,13 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 command -v unshare >/dev/null || { echo "error: unshare (util-linux) is needed" >&2; exit 3; }
 
-rm -f "$dir"/ssh_host_ed25519_key* "$dir"/id_ed25519*
-ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh_host_ed25519_key"
+rm -rf "$state"
+mkdir -p "$state"
+chmod 700 "$state"
+rm -f "$dir"/id_ed25519*
+ssh-keygen -q -t ed25519 -N '' -f "$state/ssh_host_ed25519_key"
 ssh-keygen -q -t ed25519 -N '' -f "$dir/id_ed25519" -C bst-local-e2e
-home=$dir/home
+home=$state/home
 mkdir -p "$home/.ssh" /run/sshd
 cp "$dir/id_ed25519.pub" "$home/.ssh/authorized_keys"
 chmod 700 "$home" "$home/.ssh"; chmod 600 "$home/.ssh/authorized_keys"
@@ -67,11 +74,11 @@ chmod 700 "$home" "$home/.ssh"; chmod 600 "$home/.ssh/authorized_keys"
 } > "$home/.bashrc"
 cp "$home/.bashrc" "$home/.profile"
 echo '[ -f ~/.bashrc ] && . ~/.bashrc' > "$home/.bash_profile"
-cat > "$dir/sshd_config" <<EOF
+cat > "$state/sshd_config" <<EOF
 ListenAddress 127.0.0.1
 Port $port
-HostKey $dir/ssh_host_ed25519_key
-PidFile $dir/sshd.inner.pid
+HostKey $state/ssh_host_ed25519_key
+PidFile $state/sshd.inner.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -94,7 +101,7 @@ for d in .pyenv .cache/pip .config/pip .cargo; do
     fi
 done
 setsid unshare --pid --fork --mount-proc --propagation private bash -c \
-    "$binds mount --rbind $(printf %q "$home") $(printf %q "$real_home"); exec $sshd -D -e -f $(printf %q "$dir/sshd_config")" \
+    "$binds mount --rbind $(printf %q "$home") $(printf %q "$real_home"); exec $sshd -D -e -f $(printf %q "$state/sshd_config")" \
     > "$dir/sshd.log" 2>&1 < /dev/null &
 echo $! > "$pidfile"
 for _ in $(seq 100); do
