@@ -37,7 +37,6 @@ if [ "$cmd" = stop ]; then
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
     rm -f "$pidfile"
-    rm -rf "$state"
     exit 0
 fi
 [ "$cmd" = start ] || { echo "usage: local_sshd.sh start|stop DIR" >&2; exit 2; }
@@ -55,9 +54,11 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 command -v unshare >/dev/null || { echo "error: unshare (util-linux) is needed" >&2; exit 3; }
 
-rm -rf "$state"
+# the head's home persists between runs, as a real node's does (its venv is reused; `rm -rf
+# /tmp/bst-local-sshd` starts from nothing); the keys are new every time
 mkdir -p "$state"
 chmod 700 "$state"
+rm -f "$state"/ssh_host_ed25519_key*
 rm -f "$dir"/id_ed25519*
 ssh-keygen -q -t ed25519 -N '' -f "$state/ssh_host_ed25519_key"
 ssh-keygen -q -t ed25519 -N '' -f "$dir/id_ed25519" -C bst-local-e2e
