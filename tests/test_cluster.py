@@ -362,10 +362,11 @@ def test_cloud_head_setup_creates_databases_and_serves_mlflow_on_s3(tmp_path) ->
         assert set(c.databases.values()) <= have
         uri = f"http://127.0.0.1:{port}"
         assert f"export MLFLOW_TRACKING_URI={uri}" in (home / ".bashrc").read_text()
-        # a login shell of the node sees what the driver and `ray start` need
-        r = subprocess.run(["bash", "-lic", "echo $BST_OPTUNA_STORAGE $BST_TUNE_STORAGE $RAY_AUTH_MODE "
-                            "$RAY_AUTH_TOKEN_PATH $MLFLOW_TRACKING_URI"], env=env, capture_output=True,
-                           text=True, timeout=60)
+        # a shell as the launcher opens it sees what the driver and `ray start` need
+        bare = {k: v for k, v in env.items() if not k.startswith(("RAY_AUTH", "MLFLOW_", "BST_"))}
+        r = subprocess.run(["bash", "--login", "-c", "-i", "source ~/.bashrc; echo $BST_OPTUNA_STORAGE "
+                            "$BST_TUNE_STORAGE $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH $MLFLOW_TRACKING_URI"],
+                           env=bare, capture_output=True, text=True, timeout=60)
         assert r.stdout.split() == [
             f"postgresql+psycopg://postgres@127.0.0.1:5432/{c.databases['optuna']}",
             f"s3://{c.bucket}/bst-search/tune", "token", str(home / "bst-search-ray-token"), uri]
