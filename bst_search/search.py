@@ -234,8 +234,9 @@ def _start_ray(address: str | None) -> str:
     return f"started a private local Ray (GCS {ray.get_runtime_context().gcs_address})"
 
 
-def run_search(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) a sweep; return a summary with the top trials."""
+def run_search(args: argparse.Namespace, trial: Any = None) -> dict[str, Any]:
+    """Run (or resume) a sweep; return a summary with the top trials. ``trial`` replaces
+    :func:`trial_fn` (same keyword arguments), for benchmarks of the driver alone."""
     from bst_search import optuna_searcher, sweep_state, tune_storage
     from bst_search.redact import mask_url
     from bst_search.search_space import load_space
@@ -265,7 +266,8 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
         fixed = _fixed_args(args, space, workdir, stored)
         storage = tune_storage.resolve(fixed["tune_storage"], cluster=bool(args.address),
                                        shared_fs=args.shared_fs)
-        return _run(args, space, workdir, storage_url, rdb, stored, fixed, storage, lease)
+        return _run(args, space, workdir, storage_url, rdb, stored, fixed, storage, lease,
+                    trial or trial_fn)
     finally:
         lease.release()
 
@@ -292,7 +294,8 @@ def _load_data(args: argparse.Namespace, space: Any, folds: int) -> tuple[Any, A
 
 
 def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, rdb: Any,
-         stored: dict[str, Any] | None, fixed: dict[str, Any], storage: Any, lease: Any) -> dict[str, Any]:
+         stored: dict[str, Any] | None, fixed: dict[str, Any], storage: Any, lease: Any,
+         trial: Any) -> dict[str, Any]:
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -333,7 +336,7 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
     if stored is not None:
         print(f"resuming sweep {sweep}: {len(closed)} interrupted run(s) marked KILLED")
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds),
+        tune.with_parameters(trial, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds),
         {"cpu": fixed["cpus_per_trial"], "gpu": fixed["gpus_per_trial"]})
 
     def new_tuner(name: str, n: int) -> Any:
@@ -361,10 +364,8 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
     def fit(tuner: Any) -> set[str]:
         """Run one Tune experiment; returns the trials Ctrl-C cut off (none when it ended)."""
         tuner.fit()
-        cut = {t.trial_id for t in logger.trials if t.status not in ("TERMINATED", "ERROR")}
-        for t in logger.trials:  # terminated trials whose run a dead driver never closed
-            if t.status == "TERMINATED":
-                logger.finish(t.trial_id, t.last_result or {}, t.checkpoint, dict(t.config))
+        cut = logger.cut_off()
+        logger.finish_restored()
         logger.interrupt(cut)
         return cut
 

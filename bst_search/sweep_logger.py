@@ -89,6 +89,10 @@ class MlflowTrialLogger(tune.Callback):
         self._folds: dict[str, set[int]] = {}
         self._nodes: dict[str, list[str]] = {}
         self.trials: list[Any] = []  # Tune's trials at the end of the last fit
+        # trials that ran in the current fit, and those Tune ended (complete, stopped, error):
+        # at Ctrl-C, Tune marks the running ones TERMINATED too, so only these tell them apart
+        self.active: set[str] = set()
+        self.ended: set[str] = set()
 
     # -- pickling: Tune keeps its callbacks in tuner.pkl; a restored Tuner must drive *this*
     # -- logger (threads, in-memory state), so the pickle is only the sweep id
@@ -151,11 +155,13 @@ class MlflowTrialLogger(tune.Callback):
 
     # -- Tune hooks (the event loop: queue only) -----------------------------------------
     def setup(self, **info: Any) -> None:
+        self.active, self.ended, self.trials = set(), set(), []
         if self.on_setup is not None:  # the Tuner runs: the sweep has started
             self.on_setup()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = trial.trial_id
+        self.active.add(tid)
         if tid in self._done or tid in self._open:
             return
         self._open.add(tid)
@@ -164,6 +170,7 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = trial.trial_id
+        self.active.add(tid)
         if tid in self._done:
             return
         self._open.add(tid)
@@ -186,10 +193,12 @@ class MlflowTrialLogger(tune.Callback):
             self._submit(tid, lambda cl: tracking.log_fold(cl, self._ensure_run(cl, tid, config), fold))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
         self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint, dict(trial.config))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid, config = trial.trial_id, dict(trial.config)
+        self.ended.add(tid)
         note = str(getattr(trial, "error_file", "") or "")
         self._open.discard(tid)
 
@@ -203,6 +212,19 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.trials = list(trials)
+
+    def cut_off(self) -> set[str]:
+        """Trials the last fit left unfinished (Ctrl-C): they ran but Tune never ended them,
+        or never started."""
+        waiting = {t.trial_id for t in self.trials if t.status in ("PENDING", "PAUSED", "RUNNING")}
+        return (self.active - self.ended) | waiting
+
+    def finish_restored(self) -> None:
+        """Close the runs of trials Tune had already ended before this driver restored the
+        experiment (the dead driver saved Tune's state but not MLflow's)."""
+        for t in self.trials:
+            if t.status == "TERMINATED" and t.trial_id not in self.active:
+                self.finish(t.trial_id, t.last_result or {}, t.checkpoint, dict(t.config))
 
     # -- closing runs ------------------------------------------------------------------
     def finish(self, trial_id: str, result: dict[str, Any], checkpoint: Any,
