@@ -124,7 +124,7 @@ ray submit "$yaml" launch/search.py -- --address 127.0.0.1:6388 \
 submit_s=$(python3 -c "print(f'{$(now) - $t_submit:.0f}')")
 
 # 5. check through the head's MLflow server (and the Optuna study the driver used)
-"$bin/python" - "http://127.0.0.1:$mlflow_port" "e2e-$tag" "$trials" \
+MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false "$bin/python" - "http://127.0.0.1:$mlflow_port" "e2e-$tag" "$trials" \
     "postgresql+psycopg://postgres@127.0.0.1:5432/$optuna_db" "$data/dev" <<'PY'
 import sys
 
@@ -147,7 +147,9 @@ for r in runs:
     oof = pd.read_parquet(cl.download_artifacts(r.info.run_id, "oof.parquet"))
     assert sorted(oof["sound_id"]) == dev_ids, f"run {r.info.run_id}: incomplete OOF"
     assert r.info.artifact_uri.startswith("mlflow-artifacts:"), r.info.artifact_uri
-study = optuna.load_study(study_name=runs[0].data.tags["bst.sweep"], storage=optuna_url)
+names = set(optuna.get_all_study_names(optuna_url)) & {experiment, runs[0].data.tags["bst.sweep"]}
+assert len(names) == 1, f"no single Optuna study for {experiment}: {names}"
+study = optuna.load_study(study_name=names.pop(), storage=optuna_url)
 states = [t.state.name for t in study.get_trials(deepcopy=False)]
 assert states.count("COMPLETE") == n and len(states) == n, states
 print(f"e2e check: {n} FINISHED trial runs with complete OOF on {uri}, Optuna {n} COMPLETE")
