@@ -44,7 +44,8 @@ SPACE = {"description": "benchmark: the driver alone", "scheduler": "none", "bas
                     "model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}}
 
 
-def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int) -> None:
+def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int,
+                **_: Any) -> None:
     """A few ms of real work per fold; reports and checkpoints like ``trial_fn``."""
     import json
 
@@ -118,6 +119,8 @@ class Probe:
                 if m not in self.at and done >= m:
                     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                     self.at[m] = (time.process_time() - self.cpu0, time.perf_counter() - self.t0, rss)
+                    print(f"[bench_scale] {m} trials done: driver CPU {self.at[m][0]:.1f} s, "
+                          f"wall {self.at[m][1]:.1f} s, max RSS {rss:,.0f} MiB", flush=True)
 
 
 def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: str | None,
@@ -133,7 +136,8 @@ def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: st
         argv += ["--optuna-storage", optuna_url]
     if mlflow_url:
         argv += ["--tracking-uri", mlflow_url]
-    marks = sorted({m for m in (100, 500, 1000, a.trials) if m <= a.trials})
+    marks = sorted({m for m in (100, 500, 1000, a.trials // 4, a.trials // 2, a.trials)
+                    if 0 < m <= a.trials})
     probe = Probe(marks)
     probe.install()
     ray.init(address="local", num_cpus=a.cpus, include_dashboard=False)

@@ -25,7 +25,8 @@ import os
 from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+
+from bst_search.sampling import ValidOptunaSearch
 
 STORAGE_ENV = "BST_OPTUNA_STORAGE"
 TUNE_TRIAL_ATTR = "bst.tune_trial_id"
@@ -61,8 +62,9 @@ def outcome(result: dict | None, metric: str, error: bool) -> tuple[optuna.trial
     return S.PRUNED, None  # stopped early: its reported running values are intermediate values
 
 
-class SweepOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` with secret-free pickles, PRUNED early stops and re-run agreement."""
+class SweepOptunaSearch(ValidOptunaSearch):
+    """``OptunaSearch`` (valid by construction, :mod:`bst_search.sampling`) with secret-free
+    pickles, PRUNED early stops and re-run agreement."""
 
     _VOLATILE = ("_storage", "_ot_study", "_ot_trials")
 

@@ -86,7 +86,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=("asha", "median", "none"),
                    help="early stopping on per-fold results (default: the space's, else asha)")
     p.add_argument("--folds", type=int, help=f"cross-validation folds (default {FOLDS_DEFAULT})")
-    p.add_argument("--seed", type=int, help=f"seed of the TPE sampler (default {SEED_DEFAULT})")
+    p.add_argument("--seed", type=int, help=f"seed of the sampler (default {SEED_DEFAULT})")
+    p.add_argument("--sampler", choices=("tpe", "random", "gp"),
+                   help="Optuna sampler: constant-liar TPE (default), random, or Gaussian process")
+    p.add_argument("--warm-start", metavar="EXPERIMENT",
+                   help="first evaluate the best configurations of this earlier experiment")
+    p.add_argument("--warm-start-n", type=int, default=5, metavar="N",
+                   help="how many of them (default 5)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
     p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
 
@@ -205,6 +211,7 @@ def _fixed_args(args: argparse.Namespace, space: Any, workdir: Path,
     return {
         "folds": pick("folds", args.folds, FOLDS_DEFAULT),
         "seed": pick("seed", args.seed, SEED_DEFAULT),
+        "sampler": pick("sampler", args.sampler, "tpe"),
         "concurrency": pick("concurrency", args.concurrency, None),
         "scheduler": pick("scheduler", args.scheduler, space.scheduler),
         "cpus_per_trial": pick("cpus_per_trial", args.cpus_per_trial, space.resources.get("cpu", 1.0)),
@@ -239,12 +246,15 @@ def run_search(args: argparse.Namespace, trial: Any = None) -> dict[str, Any]:
     :func:`trial_fn` (same keyword arguments), for benchmarks of the driver alone."""
     from bst_search import optuna_searcher, sweep_state, tune_storage
     from bst_search.redact import mask_url
-    from bst_search.search_space import load_space
+    from bst_search.search_space import data_available, load_space
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BST_CACHE_DIR", str(workdir / "cache"))
     space = load_space(Path(args.space))  # invalid spaces fail here, before Ray starts
+    space, dropped = space.restricted_to(**data_available(args.data, args.eval_data, args.crowd_data))
+    if dropped:
+        print(f"not searched, no data for them: {', '.join(dropped)}")
     storage_url = (args.optuna_storage or os.environ.get(optuna_searcher.STORAGE_ENV)
                    or f"sqlite:///{workdir / 'optuna.db'}")
     optuna_searcher.use_storage(storage_url)
@@ -285,24 +295,19 @@ def _load_data(args: argparse.Namespace, space: Any, folds: int) -> tuple[Any, A
     dev, ev, crowd = load(args.data), load(args.eval_data), load(args.crowd_data)
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fingerprint(dev.ids, assign_folds(dev.y, folds)),
            "eval_fp": ev.fingerprint if ev is not None else ""}
-    uses_crowd = [v for v in SCHEMA["data.crowd"].choices
-                  if v != "none" and space.can_take("data.crowd", v)]
-    if uses_crowd and crowd is None:
-        raise SystemExit(f"error: {args.space} can sample data.crowd={'|'.join(uses_crowd)}; "
-                         f"pass --crowd-data")
     return dev, ev, crowd, fps
 
 
 def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, rdb: Any,
          stored: dict[str, Any] | None, fixed: dict[str, Any], storage: Any, lease: Any,
          trial: Any) -> dict[str, Any]:
-    import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from bst_search import sweep_state
     from bst_search.optuna_searcher import SweepOptunaSearch
     from bst_search.redact import mask_url
+    from bst_search.sampling import concurrency_of, make_sampler, warm_start_points
     from bst_search.sweep_logger import MlflowTrialLogger
 
     folds = fixed["folds"]
@@ -339,10 +344,11 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
         tune.with_parameters(trial, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds),
         {"cpu": fixed["cpus_per_trial"], "gpu": fixed["gpus_per_trial"]})
 
-    def new_tuner(name: str, n: int) -> Any:
+    def new_tuner(name: str, n: int, warm: list | None = None) -> Any:
+        concurrency = concurrency_of(fixed["concurrency"], fixed["cpus_per_trial"], fixed["gpus_per_trial"])
         searcher = SweepOptunaSearch(
-            space=space.sample, metric=space.metric, mode=space.mode,
-            sampler=optuna.samplers.TPESampler(seed=fixed["seed"], multivariate=True, group=True),
+            space=space.sample, metric=space.metric, mode=space.mode, points_to_evaluate=warm,
+            sampler=make_sampler(fixed["sampler"], fixed["seed"], concurrency),
             study_name=args.experiment, storage=rdb)
         alg = (ConcurrencyLimiter(searcher, max_concurrent=fixed["concurrency"])
                if fixed["concurrency"] else searcher)
@@ -372,8 +378,10 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
     errors = 0
     try:
         last = identity["segments"][-1]
-        if stored is None:
-            cut = fit(new_tuner(last["name"], last["trials"]))
+        if stored is None:  # a fresh sweep: warm-started from an earlier one when asked
+            warm = (warm_start_points(fixed["_tracking_uri"], args.warm_start, space, args.warm_start_n)
+                    if args.warm_start else None)
+            cut = fit(new_tuner(last["name"], last["trials"], warm))
         else:
             path = storage.experiment(last["name"])
             if tune.Tuner.can_restore(path, storage_filesystem=storage.filesystem):
@@ -393,6 +401,9 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
         counts = {"interrupted": len(cut), "failed_writes": len(failed_writes)}
         if not cut:
             counts.update(_close_orphans(logger, rdb, args.experiment))
+    except KeyboardInterrupt:  # a second Ctrl-C: do not wait for MLflow again
+        logger.close(wait=False)
+        raise
     finally:
         logger.close()
     summary = summarize(logger, space, fixed["_tracking_uri"], workdir)
@@ -450,7 +461,7 @@ def summarize(logger: Any, space: Any, uri: str, workdir: Path, top: int = 10) -
         key = space.metric if space.metric in frame else "oof_hF_strict"
         frame = frame.sort_values(key, ascending=asc, na_position="last")
     return {"n_finished": len(frame), "n_complete": int((frame.get("status") == "complete").sum()) if len(frame) else 0,
-            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir), "workdir": str(workdir),
+            "top": frame.head(top), "ui": tracking.ui_command(mask_url(uri), workdir), "workdir": str(workdir),
             "tracking_uri": mask_url(uri)}
 
 

@@ -63,12 +63,15 @@ class Writers:
         for q in self.queues:
             q.join()
 
-    def close(self) -> None:
-        self.drain()
-        for q in self.queues:
-            q.put(None)
-        for t in self.threads:
-            t.join(10)
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads, after the queued writes unless ``wait`` is false (they are lost;
+        ``--resume`` closes what they would have closed)."""
+        if wait:
+            self.drain()
+            for q in self.queues:
+                q.put(None)
+            for t in self.threads:
+                t.join(10)
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -131,9 +134,10 @@ class MlflowTrialLogger(tune.Callback):
             return list(self.writers.errors)
         return []
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self.writers is not None:
-            self.writers.close()
+            self.writers.close(wait)
+            self.writers = None
         _LIVE.pop(self.sweep, None)
 
     # -- writes, run by the writer threads -------------------------------------------------
@@ -177,20 +181,17 @@ class MlflowTrialLogger(tune.Callback):
         config = dict(trial.config)
         node = result.get("node")
         seen = self._nodes.setdefault(tid, [])
+        tags: dict[str, str] = {}
         if node and (not seen or seen[-1] != node):
             seen.append(node)
             tags = {tracking.NODE: node, "bst.nodes": ",".join(dict.fromkeys(seen))}
-
-            def tag(cl: Any) -> None:
-                run_id = self._ensure_run(cl, tid, config)
-                for k, v in tags.items():
-                    tracking._with_retry(cl.set_tag, run_id, k, v)
-
-            self._submit(tid, tag)
         if "fold" in result:
             self._folds.setdefault(tid, set()).add(int(result["fold"]))
             fold = dict(result)
-            self._submit(tid, lambda cl: tracking.log_fold(cl, self._ensure_run(cl, tid, config), fold))
+            self._submit(tid, lambda cl: tracking.log_fold(cl, self._ensure_run(cl, tid, config),
+                                                           fold, tags))
+        elif tags:
+            self._submit(tid, lambda cl: tracking.set_tags(cl, self._ensure_run(cl, tid, config), tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
@@ -245,7 +246,7 @@ class MlflowTrialLogger(tune.Callback):
                     tracking.log_fold(cl, run_id, {"fold": k, "fold_hF": result[f"fold{k}_hF"],
                                                    "fold_hF_strict": result[f"fold{k}_hF_strict"]})
             if node:
-                tracking._with_retry(cl.set_tag, run_id, tracking.NODE, node[-1])
+                tracking.set_tags(cl, run_id, {tracking.NODE: node[-1]})
             if result.get("trial_status") == "complete" and checkpoint is not None:
                 with checkpoint.as_directory() as d:
                     tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
@@ -269,7 +270,7 @@ class MlflowTrialLogger(tune.Callback):
             def kill(cl: Any, tid: str = tid) -> None:
                 run_id = self._runs.pop(tid, None)
                 if run_id is not None:
-                    tracking._with_retry(cl.set_tag, run_id, tracking.STATUS, "interrupted")
+                    tracking.set_tags(cl, run_id, {tracking.STATUS: "interrupted"})
                     tracking._with_retry(cl.set_terminated, run_id, status="KILLED")
 
             self._submit(tid, kill)

@@ -27,7 +27,7 @@ from typing import Any
 IDENTITY_ATTR = "bst.identity"
 LEASE_TTL_ENV = "BST_LEASE_TTL_S"
 # what a resumed sweep must share with the original, with the flag that sets each
-FIXED_ARGS = {"folds": "--folds", "seed": "--seed", "concurrency": "--concurrency",
+FIXED_ARGS = {"folds": "--folds", "seed": "--seed", "sampler": "--sampler", "concurrency": "--concurrency",
               "scheduler": "--scheduler", "cpus_per_trial": "--cpus-per-trial",
               "gpus_per_trial": "--gpus-per-trial", "tracking_uri": "--tracking-uri",
               "tune_storage": "--tune-storage"}
@@ -39,9 +39,8 @@ class SweepStateError(RuntimeError):
 
 def space_hash(space: Any) -> str:
     """Content hash of a search space: what it samples and how, not where its file lies."""
-    data = dataclasses.asdict(space)
-    for k in ("source", "description", "base"):
-        data.pop(k, None)
+    data = {k: v for k, v in dataclasses.asdict(space).items()
+            if not k.startswith("_") and k not in ("source", "description", "base")}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -188,15 +188,23 @@ def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
     return run.info.run_id
 
 
-def log_fold(cl: Any, run_id: str, info: dict[str, Any]) -> None:
-    """Per-fold values as steps, so the MLflow UI plots them against the fold."""
-    from mlflow.entities import Metric
+def set_tags(cl: Any, run_id: str, tags: dict[str, str]) -> None:
+    """Several tags in one call (one transaction)."""
+    from mlflow.entities import RunTag
+
+    _with_retry(cl.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_fold(cl: Any, run_id: str, info: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+    """Per-fold values as steps, so the MLflow UI plots them against the fold; ``tags`` (the
+    node that ran the fold) go in the same call (one transaction per fold)."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     step = int(info["fold"])
     ms = [Metric(k, float(info[k]), now, step) for k in ("fold_hF", "fold_hF_strict",
                                                          "running_hF_strict") if k in info]
-    _with_retry(cl.log_batch, run_id, metrics=ms)
+    _with_retry(cl.log_batch, run_id, metrics=ms, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
 def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,
