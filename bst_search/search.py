@@ -45,6 +45,7 @@ FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<m
 FAIL_ENV = "BST_FAULT_RAISE_AT_FOLD"  # fault injection for tests: every attempt raises there
 TRIALS_DEFAULT, FOLDS_DEFAULT, SEED_DEFAULT = 20, 5, 0
 INTERRUPTED_RC = 130
+SYNC_ENV = "BST_TUNE_SYNC_S"  # seconds between uploads of Tune's experiment state to its storage
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -366,6 +367,10 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
                 name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                 callbacks=[logger], failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # the experiment state (trials, searcher) reaches s3:// / gs:// storage at most
+                # every sync_period (Tune's default: 300 s); a head lost in between would resume
+                # without the trials created since. The state is small: upload it often.
+                sync_config=tune.SyncConfig(sync_period=float(os.environ.get(SYNC_ENV, "5"))),
                 progress_reporter=reporter, verbose=1))
 
     def fit(tuner: Any) -> set[str]:
