@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from procs import free_port
 
 MARK_ENV = "BST_CLUSTER_HARNESS"
 NODE_ENV = "BST_CLUSTER_NODE"
@@ -54,12 +55,6 @@ def tool(name: str) -> str:
     if not found:
         raise FileNotFoundError(f"{name} is neither in {BIN} nor on PATH")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:

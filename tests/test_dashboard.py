@@ -6,7 +6,7 @@ import argparse
 import socket
 
 import pytest
-from conftest import free_port
+from procs import free_port
 
 from bst_search import dashboard, report, tracking
 from bst_search.cli import main
@@ -43,7 +43,7 @@ def test_dashboard_during_writes_stops_on_ctrl_c(small_sweep, tmp_path):
     import time
     import urllib.request
 
-    from conftest import wait_for_lines
+    from procs import wait_for_lines
 
     wd = tmp_path / "wd"
     wd.mkdir()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from procs import free_port
 
 from bst_search import report, tracking
 from bst_search.cli import main
@@ -211,7 +211,7 @@ def test_mlflow_ui_lists_trials_and_compares_two(small_sweep, chrome, browser_ar
     import signal
     import urllib.parse
 
-    from conftest import wait_for_lines
+    from procs import wait_for_lines
 
     cl = tracking.client(small_sweep["uri"])
     exp = cl.get_experiment_by_name("rep")
