@@ -21,7 +21,7 @@ from bst_search import tracking
 wd, stop, sweep = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 cl = tracking.client(f"sqlite:///{wd / 'mlflow.db'}")
 exp = cl.get_experiment_by_name("rep").experiment_id
-study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{wd / 'optuna.db'}")
+study = optuna.load_study(study_name="rep", storage=f"sqlite:///{wd / 'optuna.db'}")  # named after the experiment
 n = 0
 while not stop.exists():
     run = cl.create_run(exp, tags={tracking.KIND: "live", tracking.TRIAL_ID: f"live{n}"})
@@ -67,7 +67,7 @@ def test_dashboard_during_writes_stops_on_ctrl_c(small_sweep, tmp_path):
         assert writer.poll() is None, "the writer failed while the dashboards started"
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/api/studies", timeout=30) as r:
             studies = json.loads(r.read())["study_summaries"]
-        assert [s["study_name"] for s in studies] == [sweep]
+        assert [s["study_name"] for s in studies] == ["rep"]  # the study is named after the experiment
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=30) as r:
             assert r.status == 200
         exp_id = tracking.client(small_sweep["uri"]).get_experiment_by_name("rep").experiment_id

@@ -168,7 +168,7 @@ def test_local_e2e_drives_up_submit_down() -> None:
 @pytest.mark.postgres
 def test_create_databases_with_psycopg3(monkeypatch: pytest.MonkeyPatch) -> None:
     """launch/create_databases.py, run as the head runs it, against the local PostgreSQL."""
-    pg = pytest.importorskip("tests.cluster_harness")
+    pg = pytest.importorskip("cluster_harness")
     why = pg.postgres_available()
     if why:
         pytest.skip(why)
