@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
+from bst_search.ensemble.store import PredictionStore
+from bst_search.taxonomy import CODES, PROBA_COLUMNS
 
 KIND_TAG = "bst.kind"
 OOF_FILE = "oof.parquet"
@@ -67,7 +68,7 @@ class CandidateSet:
     """Aligned predictions of the accepted candidates (rows in the reference order)."""
 
     infos: list[CandidateInfo]
-    proba: np.ndarray  # (C, N, 23) float32
+    store: PredictionStore  # (C, N, 23) OOF predictions, on disk
     labels: np.ndarray  # (N,) int64 taxonomy indices
     folds: np.ndarray  # (N,) int64
     sound_ids: np.ndarray  # (N,) str
@@ -75,10 +76,21 @@ class CandidateSet:
     data_fp: str
     fold_fp: str
     eval_fp: str = ""
-    eval_proba: np.ndarray | None = None  # (C, M, 23) float32 when every candidate has eval
+    eval_store: PredictionStore | None = None  # (C, M, 23) when every candidate has eval
     eval_ids: np.ndarray | None = None
     eval_order: str = ""  # where the eval id order comes from
     notes: list[str] = field(default_factory=list)
+    n_total: int = 0  # accepted candidates before narrowing to a working set (0: not narrowed)
+
+    @property
+    def proba(self) -> np.ndarray:
+        """All candidates' OOF predictions, (C, N, 23) float32, in memory: small sets only."""
+        return self.store.take(range(self.store.n))
+
+    @property
+    def eval_proba(self) -> np.ndarray | None:
+        """All candidates' evaluation predictions, (C, M, 23) float32, or None."""
+        return None if self.eval_store is None else self.eval_store.take(range(self.eval_store.n))
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,6 +107,7 @@ def fetch_artifacts(client: Any, run_id: str, cache_root: Path,
     """
     import mlflow.artifacts
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours counts runs
     entry = cache_root / run_id
     manifest = entry / _MANIFEST
     if manifest.is_file():
@@ -273,13 +286,17 @@ def _list_trial_runs(client: Any, experiment_id: str) -> list[Any]:
 
 def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.PathLike[str],
                     data_fp: str | None = None, fold_fp: str | None = None,
-                    eval_ids: np.ndarray | None = None, client: Any = None) -> CandidateSet:
+                    eval_ids: np.ndarray | None = None, client: Any = None,
+                    store_dtype: str = "float16", progress: bool = False) -> CandidateSet:
     """Collect, validate and align the candidates of ``experiment``.
 
     ``eval_ids`` (from the evaluation metadata) fixes the evaluation id set and order;
-    without it the first candidate's eval.parquet order is used.
+    without it the first candidate's eval.parquet order is used. Predictions go to
+    :class:`PredictionStore` files in ``cache_dir`` (``store_dtype``), never all in memory;
+    ``progress`` shows a bar per pass (10,000 runs take minutes the first time).
     """
     from mlflow.tracking import MlflowClient
+    from tqdm.auto import tqdm
 
     client = client or MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -324,7 +341,7 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
 
     # pass 1: fetch and check each table alone; remember id sets for the majority vote
     checked: list[tuple[Any, dict[str, Path | None], str, str | None]] = []
-    for run in pending:
+    for run in tqdm(pending, desc="candidates: fetch and check", unit="run", disable=not progress):
         paths = fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
         if paths[OOF_FILE] is None:
             status = run.data.tags.get("bst.status", "")
@@ -385,11 +402,12 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
     ref_eval_hash = _ids_hash(ref_eval_ids) if ref_eval_ids is not None else None
 
     # pass 2: align every accepted candidate to the reference rows, straight into the tensor
-    proba = np.empty((len(checked), len(ref_ids), N_CLASSES), dtype=np.float32)
-    eval_proba = (np.empty((len(checked), len(ref_eval_ids), N_CLASSES), dtype=np.float32)
-                  if ref_eval_ids is not None else None)
+    proba = PredictionStore(len(checked), len(ref_ids), dtype=store_dtype, directory=cache_root)
+    eval_proba = (PredictionStore(len(checked), len(ref_eval_ids), dtype=store_dtype,
+                                  directory=cache_root) if ref_eval_ids is not None else None)
     infos: list[CandidateInfo] = []
-    for run, paths, ids_hash, eval_hash in checked:
+    for run, paths, ids_hash, eval_hash in tqdm(checked, desc="candidates: align", unit="run",
+                                                disable=not progress):
         rid, tid = run.info.run_id, trial_of(run)
         if ids_hash != ref_hash:
             frame = pd.read_parquet(paths[OOF_FILE], columns=["sound_id"])
@@ -435,12 +453,11 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
             left.append(LeftOut(rid, tid, f"fold assignment differs from trial {trial_of(ref_run)} "
                                           f"on {n_bad} ids (same bst.fold_fp tag)"))
             continue
-        k = len(infos)
-        proba[k] = frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[order]
+        proba.append(frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[order])
         if eval_proba is not None:
             ev = pd.read_parquet(paths[EVAL_FILE])
             ev_order = pd.Index(ev["id"].astype(str)).get_indexer(ref_eval_ids)
-            eval_proba[k] = ev[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[ev_order]
+            eval_proba.append(ev[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[ev_order])
         infos.append(CandidateInfo(
             run_id=rid, trial_id=tid, start_time=int(run.info.start_time or 0),
             params=dict(run.data.params), tags=dict(run.data.tags), metrics=dict(run.data.metrics),
@@ -451,11 +468,10 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
         raise CandidateError(_nothing_left(experiment, left))
     from bst_search.taxonomy import encode
 
-    n = len(infos)  # views of the filled part: the untouched tail was never paged in
     return CandidateSet(
-        infos=infos, proba=proba[:n], labels=encode(ref_labels), folds=ref_folds,
+        infos=infos, store=proba, labels=encode(ref_labels), folds=ref_folds,
         sound_ids=ref_ids.to_numpy(dtype=object), left_out=left, data_fp=dfp, fold_fp=ffp,
-        eval_fp=efp, eval_proba=None if eval_proba is None else eval_proba[:n],
+        eval_fp=efp, eval_store=eval_proba,
         eval_ids=ref_eval_ids, eval_order=eval_order, notes=notes)
 
 

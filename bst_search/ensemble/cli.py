@@ -32,8 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--init-size", type=int, default=0,
                         help="start from the N best single candidates (default 0)")
     parser.add_argument("--max-size", type=int, default=50, help="ensemble size limit (default 50)")
-    parser.add_argument("--top-k", type=int, default=None,
-                        help="pre-select the K best single candidates")
+    parser.add_argument("--top-k", type=int, default=1000,
+                        help="pre-select the K best single candidates before the greedy steps, "
+                             "inside every selection (default 1000; 0 = all); only they are "
+                             "read into memory")
+    parser.add_argument("--diversity", type=float, default=0.01,
+                        help="with --top-k: skip a candidate whose right/wrong pattern differs "
+                             "from a better kept one's on fewer than this fraction of the rows "
+                             "(default 0.01; 0 = plain top-k)")
+    parser.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
+                        help="precision of the on-disk candidate store (default float16: "
+                             "10,000 candidates x 11,000 rows = 5 GB of disk, not of memory)")
     parser.add_argument("--bags", type=int, default=1,
                         help="bagged selection over random candidate subsets (default 1: off)")
     parser.add_argument("--bag-fraction", type=float, default=0.5,

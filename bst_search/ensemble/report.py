@@ -81,7 +81,8 @@ def build_report(res: Outcome, experiment: str,
         "data_fp": cs.data_fp, "fold_fp": cs.fold_fp, "eval_fp": cs.eval_fp,
         "method": method,  # what submission.csv, oof.parquet, eval.parquet, members come from
         "options": opts.to_dict(),
-        "n_candidates": len(infos), "n_samples": int(len(cs.labels)),
+        "n_candidates": cs.n_total or len(infos), "n_in_memory": len(infos),
+        "n_samples": int(len(cs.labels)),
         "selected_score": res.selected,  # greedy, the chosen metric; details under "selected"
         "honest_score": hon.mean if hon else None,  # greedy, mean over folds; under "honest"
         "sk_score": sk.score if sk else None,  # cross-fitted OOF; details under "sk"
@@ -154,7 +155,8 @@ def _print_candidates(res: Outcome, report: dict[str, Any], experiment: str,
     p, cs, sel, sk = print, res.cs, res.sel, res.sk
     opts = report["options"]
     p(f"ensemble of experiment {experiment!r} ({tracking_uri})")
-    p(f"candidates: {len(cs.infos)} used, {len(cs.left_out)} left out "
+    n_mem = (f" ({len(cs.infos)} in memory)" if cs.n_total > len(cs.infos) else "")
+    p(f"candidates: {cs.n_total or len(cs.infos)} used{n_mem}, {len(cs.left_out)} left out "
       f"(data fp {cs.data_fp}, fold fp {cs.fold_fp})")
     for x in cs.left_out[:MAX_LISTED]:
         p(f"  left out: run {x.run_id}  trial {x.trial_id or '?'}: {x.reason}")
@@ -164,7 +166,7 @@ def _print_candidates(res: Outcome, report: dict[str, Any], experiment: str,
         p(f"  note: {note}")
     p(f"greedy selection: {opts['metric']} hF, combine {opts['combine']}, weights "
       f"{opts['weights']}, max size {opts['max_size']}, init {opts['init_size']}, top-k "
-      f"{opts['top_k']}, bags {opts['bags']}: {int((sel.counts > 0).sum())} distinct members, "
+      f"{opts['top_k']} (diversity {opts['diversity']}), bags {opts['bags']}: {int((sel.counts > 0).sum())} distinct members, "
       f"ensemble size {int(sel.counts.sum())}"
       + (f", best step {sel.best_step}" if sel.best_step else "")
       + (" (Nelder-Mead weights)" if sel.weighted and opts["weights"] != "none" else ""))

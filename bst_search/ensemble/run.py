@@ -10,6 +10,7 @@ compares them whichever one is submitted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from bst_search.ensemble.selection import (
     select_ensemble,
     single_scores,
     to_combine_space,
+    working_set,
 )
 from bst_search.ensemble.submission import (
     MemberEval,
@@ -94,10 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     cs = load_candidates(args.experiment, tracking_uri=tracking_uri,
                          cache_dir=workdir / "ensemble-cache", data_fp=args.data_fp,
-                         fold_fp=args.fold_fp, eval_ids=eval_ids)
-    X = to_combine_space(cs.proba, opts.combine)
-    E = (to_combine_space(cs.eval_proba, opts.combine)
-         if cs.eval_proba is not None and cs.eval_ids is not None else None)
+                         fold_fp=args.fold_fp, eval_ids=eval_ids,
+                         store_dtype=getattr(args, "store_dtype", "float16"), progress=True)
+    cs, X, E = load_working_set(cs, opts, sk_top=sk_opts.top, honest=not args.no_honest)
     res = score_candidates(cs, X, E, opts, sk_opts, method, honest=not args.no_honest)
 
     clear_outputs(out)  # never leave a stale submission beside a new ensemble
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str]:
     """Selection and SK options from the arguments, checked."""
     opts = SelectionOptions(metric=args.metric, init_size=args.init_size, max_size=args.max_size,
-                            top_k=args.top_k, bags=args.bags, bag_fraction=args.bag_fraction,
+                            top_k=args.top_k or None, diversity=getattr(args, "diversity", 0.0),
+                            bags=args.bags, bag_fraction=args.bag_fraction,
                             weights=args.weights, combine=args.combine, seed=args.seed,
                             nm_maxfev=args.nm_maxfev)
     if not args.max_shift > 0:
@@ -136,6 +138,30 @@ def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str
                         device=getattr(args, "sk_device", "auto"))
     pick_device(sk_opts.device)  # a bad --sk-device fails here
     return opts, sk_opts, method
+
+
+def load_working_set(cs: CandidateSet, opts: SelectionOptions, *, sk_top: int,
+                     honest: bool) -> tuple[CandidateSet, np.ndarray, np.ndarray | None]:
+    """The candidates any selection can pick, in memory (float32, in the combine space).
+
+    One chunked pass over the store gives every candidate's argmax; the pools of the final
+    and the nested selections and SK's top candidates are taken from it
+    (:func:`working_set`), and only their union is read whole. ``cs`` comes back narrowed
+    to it, with ``n_total`` and ``working_note`` saying how many there were.
+    """
+    pred = cs.store.argmax()
+    keep = working_set(pred, cs.labels, cs.folds, opts, metric_top=sk_top, honest=honest)
+    del pred
+    X = to_combine_space(cs.store.take(keep), opts.combine)
+    has_eval = cs.eval_store is not None and cs.eval_ids is not None
+    E = to_combine_space(cs.eval_store.take(keep), opts.combine) if has_eval else None
+    n_total = len(cs.infos)
+    if len(keep) < n_total:
+        note = (f"{len(keep)} of {n_total} candidates read into memory: the union of the "
+                f"top-{opts.top_k} pools (diversity {opts.diversity}) of every selection and "
+                f"SK's top {sk_top}; the others cannot be picked")
+        cs = dataclasses.replace(cs, infos=[cs.infos[i] for i in keep], notes=[*cs.notes, note])
+    return dataclasses.replace(cs, n_total=n_total), X, E
 
 
 def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
