@@ -35,6 +35,10 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=("asha", "median", "none"),
                    help="early stopping on per-fold results (default: the space's, else asha)")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
+                   help="set a stratified fraction F of the development rows aside before the "
+                        "folds are drawn: no trial trains, validates or is scored on it, no "
+                        "ensemble selection sees it; the ensemble scores it once (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
     p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")

@@ -51,7 +51,7 @@ def _report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, space: Any,
-             n_folds: int) -> None:
+             n_folds: int, holdout_fraction: float = 0.0) -> None:
     """Ray Tune function trainable: one cross-validated trial, reporting after every fold."""
     import torch
 
@@ -81,7 +81,7 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
                     os._exit(17)  # the worker process dies without cleanup
 
         metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
-                            on_fold=on_fold)
+                            on_fold=on_fold, holdout_fraction=holdout_fraction)
         last = metrics["folds"][-1]
         per_fold = {f"fold{r['fold']}_{k}": r[k] for r in metrics["folds"] for k in ("hF", "hF_strict")}
         final = {**_report_metrics(metrics), **per_fold, "fold": last["fold"], "folds_done": n_folds,
@@ -248,7 +248,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     from ray.tune.search import ConcurrencyLimiter
 
     from bst_search.data import load_dataset
-    from bst_search.folds import assign_folds, fold_fingerprint
+    from bst_search.folds import development_fold_fp
     from bst_search.search_space import load_space
 
     workdir = Path(args.workdir).resolve()
@@ -261,7 +261,10 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
           if args.eval_data else None)
     crowd = (load_dataset(Path(args.crowd_data), backbones=backbones, missing=args.missing, progress=True)
              if args.crowd_data else None)
-    fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fingerprint(dev.ids, assign_folds(dev.y, args.folds)),
+    holdout = getattr(args, "holdout_fraction", 0.0) or 0.0  # the trials' folds leave it out
+    if not 0 <= holdout < 1:
+        raise SystemExit(f"error: --holdout-fraction must be in [0, 1), got {holdout}")
+    fps = {"data_fp": dev.fingerprint, "fold_fp": development_fold_fp(dev.ids, dev.y, args.folds, holdout),
            "eval_fp": ev.fingerprint if ev is not None else ""}
 
     uses_crowd = [v for v in SCHEMA["data.crowd"].choices
@@ -307,7 +310,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
                                            if k in os.environ}})
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, dev=dev, eval_data=ev, crowd=crowd, space=space,
-                             n_folds=args.folds),
+                             n_folds=args.folds, holdout_fraction=holdout),
         {"cpu": cpu, "gpu": gpu})
 
     if args.resume:

@@ -10,7 +10,8 @@ Run schema (DESIGN.md, "Tracking"):
   params   the flattened resolved configuration (``model.name``, ``train.lr``, ...)
   metrics  oof_hF, oof_hF_strict, oof_hP, oof_hR, oof_acc, oof_top_acc, fold_hF_mean,
            fold_hF_std, hF_<code>, timings; fold_hF and fold_hF_strict with step = fold
-  artifacts oof.parquet, eval.parquet, config.yaml, metrics.json
+  artifacts oof.parquet, eval.parquet, holdout.parquet (--holdout-fraction), config.yaml,
+           metrics.json
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bst_search.taxonomy import CODES
 
 KIND, SWEEP, TRIAL_ID, STATUS = "bst.kind", "bst.sweep", "bst.trial_id", "bst.status"
 DATA_FP, FOLD_FP, EVAL_FP, BACKBONES = "bst.data_fp", "bst.fold_fp", "bst.eval_fp", "bst.backbones"
-ARTIFACTS = ("oof.parquet", "eval.parquet", "config.yaml", "metrics.json")
+ARTIFACTS = ("oof.parquet", "eval.parquet", "holdout.parquet", "config.yaml", "metrics.json")
 SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict", "oof_hR_strict",
                    "oof_acc", "oof_top_acc", "oof_macro_acc", "oof_macro_top_acc", "oof_top2_acc",
                    "oof_top_top2_acc", "oof_n_never_predicted", "fold_hF_mean", "fold_hF_std",

@@ -43,7 +43,7 @@ def test_store_round_trip_in_float16_and_float32(tmp_path):
         got = st.take([3, 0])
         assert got.dtype == np.float32
         assert np.allclose(got, X[[3, 0]], rtol=rtol, atol=0)
-        assert np.array_equal(st.argmax(size=2), st.take(range(5)).argmax(axis=2))
+        assert np.array_equal(st.argmax(), st.take(range(5)).argmax(axis=2))
         assert list(tmp_path.iterdir()) == [], "the store's file is unnamed"
         st.close()
     st = PredictionStore(1, 40, directory=tmp_path)

@@ -40,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="with --top-k: skip a candidate whose right/wrong pattern differs "
                              "from a better kept one's on fewer than this fraction of the rows "
                              "(default 0.01; 0 = plain top-k)")
-    parser.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
-                        help="precision of the on-disk candidate store (default float16: "
-                             "10,000 candidates x 11,000 rows = 5 GB of disk, not of memory)")
+    parser.add_argument("--store-dtype", choices=["auto", "float16", "float32"], default="auto",
+                        help="precision of the on-disk candidate store (default auto: float32 "
+                             "up to --top-k candidates, float16 above; 10,000 candidates x "
+                             "11,000 rows = 5 GB of disk, not of memory)")
     parser.add_argument("--bags", type=int, default=1,
                         help="bagged selection over random candidate subsets (default 1: off)")
     parser.add_argument("--bag-fraction", type=float, default=0.5,

@@ -23,6 +23,15 @@ PREFERRED_PARAMS = ("model.name", "backbones", "model.fusion", "model.head", "lo
 HONEST_NOTE = ("honest = the whole selection procedure re-run in a cross-validation over the "
                "OOF folds (selected on four folds, scored on the fifth): the number to believe. "
                "selected = measured on the rows it was chosen on: optimistic.")
+SCOPE_NOTE = ("what the honest estimate covers: the selection (pre-selection, greedy steps, "
+              "weights, choice of the best step) re-run inside each fold. What it does not: the "
+              "search that produced the pool (its trials were chosen by their OOF score on all "
+              "folds), and the recipe gap (each OOF row is predicted by one fold model, the "
+              "submission averages all of them). `search --holdout-fraction F` sets rows aside "
+              "that neither the search nor the selection sees, and scores both recipes on them.")
+POOLED_NOTE = ("pooled = all held-out rows scored together; fold mean = the mean of the per-fold "
+               "scores. hF is not additive over rows, so the two differ: compare pooled with "
+               "pooled and fold mean with fold mean.")
 SK_NOTE = ("sk = selective-kernel fusion of the top candidates' probabilities, cross-fitted over "
            "the OOF folds (candidates ranked, fuser trained and its epoch chosen on four folds, "
            "fifth predicted): "
@@ -57,6 +66,12 @@ def _ens_summary(ens: dict[str, float], metric: str) -> dict[str, Any]:
             "hF_strict": ens["hF_strict"], "hF": ens["hF"], "acc": ens["acc"],
             "top_acc": ens["top_acc"], "n_never_predicted": int(ens["n_never_predicted"]),
             "strict_differs_from_official": bool(abs(ens["hF_strict"] - ens["hF"]) > 1e-12)}
+
+
+def _fold_stats(per_fold_strict: list[float]) -> dict[str, Any]:
+    return {"per_fold_strict": [float(v) for v in per_fold_strict],
+            "fold_mean_hF_strict": float(np.mean(per_fold_strict)),
+            "fold_std_hF_strict": float(np.std(per_fold_strict))}
 
 
 def build_report(res: Outcome, experiment: str,
@@ -100,18 +115,20 @@ def build_report(res: Outcome, experiment: str,
         } for m in res.members],
         "selected": {**_ens_summary(res.greedy_ens, opts.metric),
                      "searched_score": float(sel.score), "best_step": sel.best_step,
-                     "weighted": bool(sel.weighted)},
+                     "weighted": bool(sel.weighted), **_fold_stats(res.selected_per_fold)},
         "honest": hon.to_dict() if hon else None,
         "sk": sk_report,
         "best_single": {"run_id": infos[best].run_id, "trial_id": infos[best].trial_id,
                         "score": float(res.singles[best]),
                         "hF_strict": float(res.single_strict[best]),
-                        "hF": float(res.single_official[best])},
+                        "hF": float(res.single_official[best]),
+                        **_fold_stats(res.best_per_fold)},
+        "holdout": res.holdout,
         "curve": _curve_json(sel.curve, infos),
         "bag_curves": [_curve_json(c, infos) for c in sel.bag_curves] if opts.bags > 1 else [],
         "left_out": [x.to_dict() for x in cs.left_out],
         "eval": eval_report,
-        "notes": cs.notes + [HONEST_NOTE, SK_NOTE] + res.sk_notes,
+        "notes": cs.notes + [HONEST_NOTE, SCOPE_NOTE, POOLED_NOTE, SK_NOTE] + res.sk_notes,
     }
 
 
@@ -136,9 +153,21 @@ def mlflow_metrics(res: Outcome, report: dict[str, Any]) -> dict[str, float | No
         "submitted_score": report["submitted"]["score"],
         "n_members": float(len(res.members)), "ensemble_size": float(res.sel.counts.sum()),
         "eval_oof_tvd": ev["tv_distance"] if ev else None,
+        **_holdout_metrics(res.holdout),
         **{f"oof_{k}": v for k, v in ens.items() if not k.startswith("hF_") or k == "hF_strict"},
         **{k: v for k, v in ens.items() if k.startswith("hF_") and k != "hF_strict"},
     }
+
+
+def _holdout_metrics(ho: dict[str, Any] | None) -> dict[str, float]:
+    if ho is None:
+        return {}
+    out = {}
+    for who in ("ensemble", "best_single"):
+        for m in ("hF_strict", "hF"):
+            out[f"holdout_{who}_{m}"] = ho[who]["fold_models_averaged"][m]
+            out[f"holdout_{who}_one_model_{m}"] = ho[who]["one_fold_model_mean"][m]
+    return out
 
 
 def print_summary(res: Outcome, report: dict[str, Any], *, experiment: str, tracking_uri: str,
@@ -196,40 +225,49 @@ def _print_members(report: dict[str, Any]) -> None:
 
 
 def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
+    """One table, pooled and fold-mean side by side for every row; then the holdout."""
     p, hon, sk, method = print, res.hon, res.sk, res.method
     opts = report["options"]
     bs, se, sub = report["best_single"], report["selected"], report["submitted"]
     mark = {m: "  [submitted]" if m == method else "" for m in METHODS}
-    w = 40
+    w = 42
+
+    def row(label: str, pooled: float, per_fold: list[float], official: float, note: str) -> None:
+        p(f"  {label:{w}s} {pooled:9.4f} {np.mean(per_fold):9.4f} ± {np.std(per_fold):.4f} "
+          f"{official:9.4f}   {note}".rstrip())
+
     p("")
-    p(f"  {'':{w}s} {'strict hF':>10s} {'official hF':>12s}")
-    p(f"  {'best single (trial ' + (bs['trial_id'] or '?') + ')':{w}s} {bs['hF_strict']:10.4f} "
-      f"{bs['hF']:12.4f}")
-    p(f"  {'greedy selected (OOF, chosen on it)':{w}s} {se['hF_strict']:10.4f} {se['hF']:12.4f}"
-      f"   optimistic{mark['greedy']}")
+    p(f"  {'':{w}s} {'strict hF':>9s} {'strict hF':>18s} {'official':>9s}")
+    p(f"  {'':{w}s} {'pooled':>9s} {'fold mean ± std':>18s} {'pooled':>9s}")
+    row(f"best single (trial {bs['trial_id'] or '?'})", bs["hF_strict"], res.best_per_fold,
+        bs["hF"], "")
+    row("greedy selected (OOF, chosen on it)", se["hF_strict"], res.selected_per_fold, se["hF"],
+        f"optimistic{mark['greedy']}")
     if hon:
         h = report["honest"]
-        p(f"  {'greedy honest (nested CV over the folds)':{w}s} {h['hF_strict_mean']:10.4f} "
-          f"{h['hF_mean']:12.4f}   <- the number to believe (± {hon.std:.4f} over "
-          f"{len(hon.per_fold)} folds)")
-        p(f"  {'greedy honest (nested CV, folds pooled)':{w}s} {h['pooled_hF_strict']:10.4f} "
-          f"{h['pooled_hF']:12.4f}")
+        row("greedy honest (selection in nested CV)", h["pooled_hF_strict"], hon.per_fold_strict,
+            h["pooled_hF"], "<- the number to believe for the selection")
     else:
         p("  greedy honest estimate skipped (--no-honest): the selected score is optimistic")
     if sk is not None:
         s = report["sk"]
-        label = f"SK fusion (cross-fitted OOF, top {sk.options.top})"
-        p(f"  {label:{w}s} {s['hF_strict']:10.4f} {s['hF']:12.4f}   out-of-fold, comparable "
-          f"with honest (± {s['std']:.4f} over {len(sk.folds)} folds){mark['sk']}")
+        row(f"SK fusion (cross-fitted OOF, top {sk.options.top})", s["hF_strict"],
+            sk.per_fold_strict, s["hF"], f"out-of-fold, like honest{mark['sk']}")
     else:
         for note in report["notes"]:
             if note.startswith("SK fusion not scored"):
                 p(f"  {note}")
-    if hon:
-        p(f"  greedy honest per fold ({opts['metric']}): "
-          + ", ".join(f"{v:.4f}" for v in hon.per_fold))
-    if sk is not None:
-        p(f"  SK per fold ({opts['metric']}): " + ", ".join(f"{v:.4f}" for v in sk.per_fold))
+    if opts["metric"] != "strict":
+        if hon:
+            p("  greedy honest per fold (official): " + ", ".join(f"{v:.4f}" for v in hon.per_fold))
+        if sk is not None:
+            p("  SK per fold (official): " + ", ".join(f"{v:.4f}" for v in sk.per_fold))
+    p("  pooled = all held-out rows scored together, fold mean = mean of the per-fold scores: "
+      "compare like with like")
+    p("  honest covers the selection only, not the search that produced the pool (its trials "
+      "were chosen on all folds)")
+    p("  nor the recipe: each OOF row comes from one fold model, the submission averages them all")
+    _print_holdout(res)
     if sub["strict_differs_from_official"]:
         p(f"  flag: strict and official hF of the submitted {method} ensemble differ: "
           f"{sub['n_never_predicted']} class(es) never predicted")
@@ -237,6 +275,30 @@ def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
         p("  flag: the greedy ensemble scores below the best single trial on the OOF rows")
     if sk is not None and sk.score < bs["score"]:
         p("  flag: SK fusion scores below the best single trial on the OOF rows")
+
+
+def _print_holdout(res: Outcome) -> None:
+    p, ho = print, res.holdout
+    if ho is None:
+        p("  holdout: none (run the search with --holdout-fraction F for an estimate that covers "
+          "the search and the recipe too)")
+        return
+    w = 50
+    p(f"\nholdout: {ho['n']} development sounds set aside before the folds: no trial's objective "
+      f"and no selection saw them; scored once")
+    p(f"  {'':{w}s} {'strict hF':>9s} {'official':>9s}")
+    for who, label in (("ensemble", "greedy ensemble"),
+                       ("best_single", f"best single trial ({ho['best_single']['trial_id'] or '?'})")):
+        r = ho[who]
+        avg, one = r["fold_models_averaged"], r["one_fold_model_mean"]
+        n = len(r["one_fold_model"])
+        p(f"  {label + f', {n} fold models averaged':{w}s} {avg['hF_strict']:9.4f} {avg['hF']:9.4f}"
+          + ("   the submission's recipe: the end-to-end estimate" if who == "ensemble" else ""))
+        p(f"  {label + ', one fold model (mean)':{w}s} {one['hF_strict']:9.4f} {one['hF']:9.4f}   "
+          + "per fold model " + ", ".join(f"{o['hF_strict']:.4f}" for o in r["one_fold_model"]))
+    if res.method != "greedy":
+        p(f"  (holdout scored for the greedy ensemble; the submitted {res.method} fusers are not "
+          f"kept)")
 
 
 def _print_files(report: dict[str, Any], out: Path, run_id: str | None, experiment: str) -> None:

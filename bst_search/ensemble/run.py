@@ -29,11 +29,13 @@ from bst_search.ensemble.selection import (
     SelectionResult,
     candidate_stats,
     combine,
+    score_pred,
     select_ensemble,
     single_scores,
     to_combine_space,
     working_set,
 )
+from bst_search.ensemble.store import PredictionStore
 from bst_search.ensemble.submission import (
     MemberEval,
     SubmissionCheckError,
@@ -69,7 +71,10 @@ class Outcome:
     members: np.ndarray  # the submitted method's members, heaviest first
     counts: np.ndarray
     weights: np.ndarray
+    best_per_fold: list[float]  # best single trial, strict hF per OOF fold
+    selected_per_fold: list[float]  # greedy ensemble on the rows it was chosen on, strict, per fold
     sk_notes: list[str] = field(default_factory=list)
+    holdout: dict[str, Any] | None = None  # score_holdout's result
 
     @property
     def singles(self) -> np.ndarray:
@@ -97,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     cs = load_candidates(args.experiment, tracking_uri=tracking_uri,
                          cache_dir=workdir / "ensemble-cache", data_fp=args.data_fp,
                          fold_fp=args.fold_fp, eval_ids=eval_ids,
-                         store_dtype=getattr(args, "store_dtype", "float16"), progress=True)
+                         store_dtype=getattr(args, "store_dtype", "auto"),
+                         float32_up_to=opts.top_k or 2**62, progress=True)
     cs, X, E = load_working_set(cs, opts, sk_top=sk_opts.top, honest=not args.no_honest)
     res = score_candidates(cs, X, E, opts, sk_opts, method, honest=not args.no_honest)
 
@@ -142,26 +148,38 @@ def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str
 
 def load_working_set(cs: CandidateSet, opts: SelectionOptions, *, sk_top: int,
                      honest: bool) -> tuple[CandidateSet, np.ndarray, np.ndarray | None]:
-    """The candidates any selection can pick, in memory (float32, in the combine space).
+    """The candidates any selection can pick, in memory; ``cs`` narrowed to them.
 
-    One chunked pass over the store gives every candidate's argmax; the pools of the final
-    and the nested selections and SK's top candidates are taken from it
-    (:func:`working_set`), and only their union is read whole. ``cs`` comes back narrowed
-    to it, with ``n_total`` and ``working_note`` saying how many there were.
+    See :func:`read_working_set`; ``n_total`` and a note keep how many there were.
     """
-    pred = cs.store.argmax()
-    keep = working_set(pred, cs.labels, cs.folds, opts, metric_top=sk_top, honest=honest)
-    del pred
-    X = to_combine_space(cs.store.take(keep), opts.combine)
-    has_eval = cs.eval_store is not None and cs.eval_ids is not None
-    E = to_combine_space(cs.eval_store.take(keep), opts.combine) if has_eval else None
     n_total = len(cs.infos)
+    keep, X, E = read_working_set(cs.store, cs.eval_store if cs.eval_ids is not None else None,
+                                  cs.labels, cs.folds, opts, sk_top=sk_top, honest=honest)
     if len(keep) < n_total:
         note = (f"{len(keep)} of {n_total} candidates read into memory: the union of the "
                 f"top-{opts.top_k} pools (diversity {opts.diversity}) of every selection and "
                 f"SK's top {sk_top}; the others cannot be picked")
-        cs = dataclasses.replace(cs, infos=[cs.infos[i] for i in keep], notes=[*cs.notes, note])
+        cs = dataclasses.replace(cs, infos=[cs.infos[i] for i in keep], notes=[*cs.notes, note],
+                                 index=keep)
     return dataclasses.replace(cs, n_total=n_total), X, E
+
+
+def read_working_set(store: PredictionStore, eval_store: PredictionStore | None,
+                     y: np.ndarray, folds: np.ndarray, opts: SelectionOptions, *, sk_top: int,
+                     honest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Indices, OOF and evaluation tensors (float32, combine space) of the working set.
+
+    From the store's argmaxes (kept as it was written) come the pools of the final and the
+    nested selections and SK's top candidates (:func:`working_set`); only their union is
+    read whole. With no more candidates than ``top_k`` every one is in the pool.
+    """
+    if opts.top_k is None or opts.top_k >= store.n:
+        keep = np.arange(store.n)
+    else:
+        keep = working_set(store.argmax(), y, folds, opts, metric_top=sk_top, honest=honest)
+    X = to_combine_space(store.take(keep), opts.combine)
+    E = to_combine_space(eval_store.take(keep), opts.combine) if eval_store is not None else None
+    return keep, X, E
 
 
 def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
@@ -196,11 +214,58 @@ def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
         members = np.flatnonzero(sel.weights > 0)
         members = members[np.lexsort((members, -sel.weights[members]))]
         counts, weights = sel.counts, sel.weights
-    return Outcome(cs=cs, opts=opts, sk_opts=sk_opts, method=method, sel=sel, hon=hon, sk=sk,
-                   single_strict=single_scores(stats, y, all_rows, "strict"),
-                   single_official=single_scores(stats, y, all_rows, "official"),
-                   greedy_ens=greedy_ens, sk_ens=sk_ens, proba=proba, ens=ens, members=members,
-                   counts=counts, weights=weights, sk_notes=sk_notes)
+    single_strict = single_scores(stats, y, all_rows, "strict")
+    single_official = single_scores(stats, y, all_rows, "official")
+    best = int(np.argmax(single_strict if opts.metric == "strict" else single_official))
+    res = Outcome(cs=cs, opts=opts, sk_opts=sk_opts, method=method, sel=sel, hon=hon, sk=sk,
+                  single_strict=single_strict, single_official=single_official,
+                  greedy_ens=greedy_ens, sk_ens=sk_ens, proba=proba, ens=ens, members=members,
+                  counts=counts, weights=weights,
+                  best_per_fold=fold_scores(y, stats.pred[best], cs.folds, "strict"),
+                  selected_per_fold=fold_scores(y, greedy_proba.argmax(axis=1), cs.folds,
+                                                "strict"),
+                  sk_notes=sk_notes)
+    res.holdout = score_holdout(res)
+    return res
+
+
+def fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
+    """hF of index predictions on each OOF fold: the statistic beside the pooled one."""
+    return [score_pred(y[folds == k], pred[folds == k], metric) for k in np.unique(folds)]
+
+
+def score_holdout(res: Outcome) -> dict[str, Any] | None:
+    """The greedy ensemble and the best single trial on the holdout, scored once.
+
+    Two recipes side by side: each member's fold models averaged (the submission's recipe,
+    as eval.parquet), and one fold model per member (how every OOF row was predicted),
+    for each fold model. Nothing chosen here: the weights are the selection's.
+    """
+    cs, opts = res.cs, res.opts
+    if cs.holdout_store is None or cs.holdout_labels is None:
+        return None
+    y, n_fold_models = cs.holdout_labels, len(cs.holdout_folds)
+
+    def scores(members: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+        H = cs.holdout_store.take(cs.store_index(members))
+        H = H.reshape(len(members), n_fold_models, len(y), -1)
+
+        def ensemble(P: np.ndarray) -> dict[str, float]:
+            Z = to_combine_space(np.ascontiguousarray(P, dtype=np.float32), opts.combine)
+            pred = combine(Z, weights, None, opts.combine).argmax(axis=1)
+            return {"hF_strict": score_pred(y, pred, "strict"), "hF": score_pred(y, pred, "official")}
+
+        one = [ensemble(H[:, k]) for k in range(n_fold_models)]
+        return {"fold_models_averaged": ensemble(H.mean(axis=1)), "one_fold_model": one,
+                "one_fold_model_mean": {m: float(np.mean([o[m] for o in one]))
+                                        for m in ("hF_strict", "hF")}}
+
+    greedy = np.flatnonzero(res.sel.weights > 0)
+    best = res.best
+    return {"n": int(len(y)), "fold_models": cs.holdout_folds,
+            "ensemble": {"method": "greedy", **scores(greedy, res.sel.weights[greedy])},
+            "best_single": {"run_id": cs.infos[best].run_id, "trial_id": cs.infos[best].trial_id,
+                            **scores(np.array([best]), np.ones(1))}}
 
 
 def _submission(res: Outcome, E: np.ndarray | None, out: Path,
