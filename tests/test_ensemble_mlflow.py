@@ -270,6 +270,13 @@ def test_coordinator_end_to_end(store, tmp_path, capsys):
     assert "the number to believe" in printed and "left out" in printed
     assert "best single" in printed and "honest" in printed and "submission.csv written" in printed
     assert "loss.alpha" in printed and "model.name" in printed
+    # pooled beside fold mean for every row, and what the honest estimate does not cover
+    assert "fold mean ± std" in printed and "not the search that produced the pool" in printed
+    for key in ("best_single", "selected"):
+        assert rep[key]["fold_mean_hF_strict"] == pytest.approx(
+            np.mean(rep[key]["per_fold_strict"]))
+    assert rep["honest"]["pooled_hF_strict"] > 0 and rep["holdout"] is None
+    assert "holdout: none" in printed
     # the MLflow run
     client = MlflowClient(store["uri"])
     exp = client.get_experiment_by_name("exp")

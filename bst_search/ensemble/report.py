@@ -283,7 +283,7 @@ def _print_holdout(res: Outcome) -> None:
         p("  holdout: none (run the search with --holdout-fraction F for an estimate that covers "
           "the search and the recipe too)")
         return
-    w = 50
+    w = 58
     p(f"\nholdout: {ho['n']} development sounds set aside before the folds: no trial's objective "
       f"and no selection saw them; scored once")
     p(f"  {'':{w}s} {'strict hF':>9s} {'official':>9s}")
