@@ -58,7 +58,7 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     ens = json.loads((out / "ensemble.json").read_text())
     score = score_submission(out / "submission.csv", data / "eval_labels.csv")
     best, sel, hon = ens["best_single"]["score"], ens["selected_score"], ens["honest"]
-    ho = ens["holdout"]["ensemble"]
+    ho = ens["holdout"]["greedy"]
     avg, one = ho["fold_models_averaged"], ho["one_fold_model_mean"]
     w = 54
     print(f"  {'best single trial, OOF strict hF':{w}s} {best:.4f}")

@@ -54,7 +54,8 @@ def test_holdout_rows_stay_out_of_every_trial_and_are_scored_once(tiny_data, tmp
     assert not held & set(ens_oof["sound_id"]), "a holdout row reached the selection"
     ho = rep["holdout"]
     assert ho["n"] == len(held) and ho["fold_models"] == [0, 1, 2, 3, 4]
-    for who in ("ensemble", "best_single"):
+    assert ho["submitted"] == "greedy"
+    for who in ("greedy", "sk", "best_single"):
         scores = [ho[who]["fold_models_averaged"]["hF_strict"],
                   *(o["hF_strict"] for o in ho[who]["one_fold_model"])]
         assert len(scores) == 6 and all(0 < s <= 1 for s in scores)

@@ -163,7 +163,9 @@ def _holdout_metrics(ho: dict[str, Any] | None) -> dict[str, float]:
     if ho is None:
         return {}
     out = {}
-    for who in ("ensemble", "best_single"):
+    for who in ("greedy", "sk", "best_single"):
+        if who not in ho:
+            continue
         for m in ("hF_strict", "hF"):
             out[f"holdout_{who}_{m}"] = ho[who]["fold_models_averaged"][m]
             out[f"holdout_{who}_one_model_{m}"] = ho[who]["one_fold_model_mean"][m]
@@ -283,22 +285,24 @@ def _print_holdout(res: Outcome) -> None:
         p("  holdout: none (run the search with --holdout-fraction F for an estimate that covers "
           "the search and the recipe too)")
         return
-    w = 58
+    w = 66
     p(f"\nholdout: {ho['n']} development sounds set aside before the folds: no trial's objective "
       f"and no selection saw them; scored once")
     p(f"  {'':{w}s} {'strict hF':>9s} {'official':>9s}")
-    for who, label in (("ensemble", "greedy ensemble"),
-                       ("best_single", f"best single trial ({ho['best_single']['trial_id'] or '?'})")):
+    rows = (("greedy", "greedy ensemble"), ("sk", "SK fusion (mean of the cross-fit fusers)"),
+            ("best_single", f"best single trial ({ho['best_single']['trial_id'] or '?'})"))
+    for who, label in rows:
+        if who not in ho:
+            continue
         r = ho[who]
         avg, one = r["fold_models_averaged"], r["one_fold_model_mean"]
         n = len(r["one_fold_model"])
+        note = ("   [submitted] the submission's recipe: the end-to-end estimate"
+                if who == ho["submitted"] else "")
         p(f"  {label + f', {n} fold models averaged':{w}s} {avg['hF_strict']:9.4f} {avg['hF']:9.4f}"
-          + ("   the submission's recipe: the end-to-end estimate" if who == "ensemble" else ""))
+          + note)
         p(f"  {label + ', one fold model (mean)':{w}s} {one['hF_strict']:9.4f} {one['hF']:9.4f}   "
           + "per fold model " + ", ".join(f"{o['hF_strict']:.4f}" for o in r["one_fold_model"]))
-    if res.method != "greedy":
-        p(f"  (holdout scored for the greedy ensemble; the submitted {res.method} fusers are not "
-          f"kept)")
 
 
 def _print_files(report: dict[str, Any], out: Path, run_id: str | None, experiment: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from bst_search import tracking
 from bst_search.ensemble import report as report_mod
 from bst_search.ensemble.candidates import CandidateSet, load_candidates, read_eval_ids
+from bst_search.ensemble.holdout import SKInput, score_holdout
 from bst_search.ensemble.honest import HonestResult, honest_estimate
 from bst_search.ensemble.outputs import clear_outputs, log_run, write_parquets
 from bst_search.ensemble.selection import (
@@ -192,11 +193,14 @@ def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
     stats = candidate_stats(X, opts.combine)
     sel = select_ensemble(X, y, options=opts, stats=stats)
     hon = honest_estimate(X, y, cs.folds, opts, stats=stats) if honest else None
-    sk, sk_notes = None, []
+    sk, sk_notes, sk_holdout = None, [], None
     n_folds = int(np.unique(cs.folds).size)
     if method == "sk" or n_folds >= 2:  # with --method sk, one fold is an error (exit 2)
-        sk = cross_fit(X, y, cs.folds, sk_opts, log_input=opts.combine == "logit", eval_X=E,
-                       stats=stats)
+        sk_in = SKInput(cs, E, opts.combine) if cs.holdout_store is not None else E
+        sk = cross_fit(X, y, cs.folds, sk_opts, log_input=opts.combine == "logit",
+                       eval_X=sk_in, stats=stats)
+        if isinstance(sk_in, SKInput) and sk.eval_proba is not None:
+            sk.eval_proba, sk_holdout = sk_in.split(sk.eval_proba)
     else:
         sk_notes.append(f"SK fusion not scored: cross-fitting needs 2 or more OOF folds, "
                         f"got {n_folds}")
@@ -225,47 +229,13 @@ def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
                   selected_per_fold=fold_scores(y, greedy_proba.argmax(axis=1), cs.folds,
                                                 "strict"),
                   sk_notes=sk_notes)
-    res.holdout = score_holdout(res)
+    res.holdout = score_holdout(res, sk_holdout)
     return res
 
 
 def fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
     """hF of index predictions on each OOF fold: the statistic beside the pooled one."""
     return [score_pred(y[folds == k], pred[folds == k], metric) for k in np.unique(folds)]
-
-
-def score_holdout(res: Outcome) -> dict[str, Any] | None:
-    """The greedy ensemble and the best single trial on the holdout, scored once.
-
-    Two recipes side by side: each member's fold models averaged (the submission's recipe,
-    as eval.parquet), and one fold model per member (how every OOF row was predicted),
-    for each fold model. Nothing chosen here: the weights are the selection's.
-    """
-    cs, opts = res.cs, res.opts
-    if cs.holdout_store is None or cs.holdout_labels is None:
-        return None
-    y, n_fold_models = cs.holdout_labels, len(cs.holdout_folds)
-
-    def scores(members: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
-        H = cs.holdout_store.take(cs.store_index(members))
-        H = H.reshape(len(members), n_fold_models, len(y), -1)
-
-        def ensemble(P: np.ndarray) -> dict[str, float]:
-            Z = to_combine_space(np.ascontiguousarray(P, dtype=np.float32), opts.combine)
-            pred = combine(Z, weights, None, opts.combine).argmax(axis=1)
-            return {"hF_strict": score_pred(y, pred, "strict"), "hF": score_pred(y, pred, "official")}
-
-        one = [ensemble(H[:, k]) for k in range(n_fold_models)]
-        return {"fold_models_averaged": ensemble(H.mean(axis=1)), "one_fold_model": one,
-                "one_fold_model_mean": {m: float(np.mean([o[m] for o in one]))
-                                        for m in ("hF_strict", "hF")}}
-
-    greedy = np.flatnonzero(res.sel.weights > 0)
-    best = res.best
-    return {"n": int(len(y)), "fold_models": cs.holdout_folds,
-            "ensemble": {"method": "greedy", **scores(greedy, res.sel.weights[greedy])},
-            "best_single": {"run_id": cs.infos[best].run_id, "trial_id": cs.infos[best].trial_id,
-                            **scores(np.array([best]), np.ones(1))}}
 
 
 def _submission(res: Outcome, E: np.ndarray | None, out: Path,
