@@ -14,6 +14,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ EVAL_FILE = "eval.parquet"
 CONFIG_FILE = "config.yaml"
 HOLDOUT_FILE = "holdout.parquet"
 ARTIFACTS: tuple[str, ...] = (OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE)
+FETCH_THREADS = 8  # artifact downloads in flight at once
 SUM_TOLERANCE = 1e-3  # |row sum - 1| allowed in probability rows
 _MANIFEST = "manifest.json"
 
@@ -405,26 +407,35 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
     # pass 1: fetch and check each table alone; remember id sets for the majority vote
     checked: list[tuple[Any, dict[str, Path | None], str, str | None]] = []
     hold_keys: dict[str, str] = {}  # run id -> holdout key, for runs with holdout.parquet
-    for run in tqdm(pending, desc="candidates: fetch and check", unit="run", disable=not progress):
-        paths = fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
+
+    def fetch(run: Any) -> dict[str, Path | None]:
+        return fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
+
+    def check(run: Any, paths: dict[str, Path | None]) -> None:
         if paths[OOF_FILE] is None:
             status = run.data.tags.get("bst.status", "")
             note = run.data.tags.get("bst.note", "")
             why = f" (bst.status {status}{': ' + note if note else ''})" if status not in ("", "complete") else ""
             left.append(LeftOut(run.info.run_id, trial_of(run), f"no {OOF_FILE} artifact{why}"))
-            continue
+            return
         frame, reason = _read_table(paths[OOF_FILE], OOF_FILE, "sound_id")
         reason = reason or validate_oof(frame)
+        if not reason:
+            reason, eval_hash, hold_key = _check_optional_tables(paths)
         if reason:
             left.append(LeftOut(run.info.run_id, trial_of(run), reason))
-            continue
-        reason, eval_hash, hold_key = _check_optional_tables(paths)
-        if reason:
-            left.append(LeftOut(run.info.run_id, trial_of(run), reason))
-            continue
+            return
         if hold_key is not None:
             hold_keys[run.info.run_id] = hold_key
         checked.append((run, paths, _ids_hash(frame["sound_id"].to_numpy()), eval_hash))
+
+    # downloads overlap in a few threads (a tracking server is network-bound); checks in order
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        fetched = pool.map(fetch, pending)
+        for run, paths in tqdm(zip(pending, fetched, strict=True), total=len(pending),
+                               desc="candidates: fetch and check", unit="run",
+                               disable=not progress):
+            check(run, paths)
     if not checked:
         raise CandidateError(_nothing_left(experiment, left))
 
