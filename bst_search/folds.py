@@ -51,7 +51,10 @@ def holdout_mask(y: np.ndarray, fraction: float, seed: int = FOLD_SEED) -> np.nd
     if not fraction < 1:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
     sss = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    _, hold = next(sss.split(np.zeros(len(y)), y))
+    try:
+        _, hold = next(sss.split(np.zeros(len(y)), y))
+    except ValueError as exc:  # too few rows for a stratified holdout of this size
+        raise ValueError(f"holdout fraction {fraction} of {len(y)} development rows: {exc}") from exc
     mask[hold] = True
     return mask
 

@@ -264,7 +264,11 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     holdout = getattr(args, "holdout_fraction", 0.0) or 0.0  # the trials' folds leave it out
     if not 0 <= holdout < 1:
         raise SystemExit(f"error: --holdout-fraction must be in [0, 1), got {holdout}")
-    fps = {"data_fp": dev.fingerprint, "fold_fp": development_fold_fp(dev.ids, dev.y, args.folds, holdout),
+    try:
+        fold_fp = development_fold_fp(dev.ids, dev.y, args.folds, holdout)
+    except ValueError as exc:
+        raise SystemExit(f"error: --holdout-fraction: {exc}") from exc
+    fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
 
     uses_crowd = [v for v in SCHEMA["data.crowd"].choices
