@@ -50,7 +50,7 @@ def main() -> None:
             experiment="bench", trials=a.trials, concurrency=a.concurrency, cpus_per_trial=1,
             gpus_per_trial=0, workdir=str(tmp / "runs"), tracking_uri=None, optuna_storage=None,
             tune_storage=None, address=None, resume=False, scheduler=None, folds=5, seed=0,
-            max_failures=0, missing="error")
+            max_failures=0, missing="error", sampler="tpe", warm_start=None, warm_start_n=5)
         t0 = time.perf_counter()
         summary = run_search(args)
         total = time.perf_counter() - t0

@@ -39,7 +39,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="set a stratified fraction F of the development rows aside before the "
                         "folds are drawn: no trial trains, validates or is scored on it, no "
                         "ensemble selection sees it; the ensemble scores it once (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--sampler", choices=("tpe", "random", "gp"), default="tpe",
+                   help="Optuna sampler: constant-liar TPE (default), random, or Gaussian process")
+    p.add_argument("--warm-start", metavar="EXPERIMENT",
+                   help="first evaluate the best configurations of this earlier experiment")
+    p.add_argument("--warm-start-n", type=int, default=5, metavar="N",
+                   help="how many of them (default 5)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
     p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
 

@@ -107,8 +107,10 @@ SCHEMA: dict[str, Spec] = {
     "train.mask_p": Spec(0.7, float, low=0.0, high=1.0),
     "train.mixup_alpha": Spec(0.0, float, low=0.0, high=10.0, doc="mixup Beta(a, a); 0 = off"),
     # data strategy: changes only the training part of each fold
-    "data.min_confidence": Spec(0, int, low=0, high=5, doc="drop training rows below this confidence"),
-    "data.confidence_weighting": Spec(False, bool, doc="weight training rows by confidence / 5"),
+    "data.min_confidence": Spec(0, int, low=0, high=5,
+                                doc="drop training rows (development and crowd) below this confidence"),
+    "data.confidence_weighting": Spec(False, bool,
+                                      doc="weight training rows (development and crowd) by confidence / 5"),
     "data.crowd": Spec("none", str, ("none", "all", "teacher", "el2n", "uploader_cap", "union",
                                      "intersection"),
                        doc="which crowd rows (--crowd-data) join every fold's training part"),
@@ -226,6 +228,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
 LOSS_WEIGHTS = ("loss.ce", "loss.alpha", "loss.top", "loss.focal", "loss.proxy",
                 "loss.proxy_anchor", "loss.supcon", "loss.top_penalty", "loss.knn_distill")
 TOP_HEADS = ("gc", "lcl", "proxy")  # heads with their own top-level output
+# Every key check_consistency reads: a search space enumerates these to tell whether any of
+# its combinations is valid (search_space.py); a test checks that the rules read no other key.
+RULE_KEYS = ("model.name", "model.head", "model.fusion", "model.encoder", "model.hidden",
+             "model.heads", *LOSS_WEIGHTS, "data.crowd", "data.crowd_a", "data.crowd_b",
+             "data.two_stage")
 
 
 def check_consistency(flat: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
         cpus_per_trial=None, gpus_per_trial=None, workdir=str(workdir), tracking_uri=None,
         optuna_storage=None, tune_storage=None, address=None, resume=False, scheduler=None,
         folds=5, seed=0, holdout_fraction=DEMO_HOLDOUT,
-        max_failures=2, missing="error")
+        max_failures=2, missing="error", sampler="tpe", warm_start=None, warm_start_n=5)
     summary = run_search(args)
     print_summary(summary, experiment)
 

@@ -35,10 +35,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from ray import tune  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from bst_search import tracking
 from bst_search.config import SCHEMA
+from bst_search.sampling import ValidOptunaSearch, concurrency_of, make_sampler, warm_start_points
 
 FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<marker file>"
 
@@ -97,7 +97,7 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
 # --------------------------------------------------------------------------- driver side
 
 
-class ResumableOptunaSearch(OptunaSearch):
+class ResumableOptunaSearch(ValidOptunaSearch):
     """``OptunaSearch`` whose RDB study may be ahead of Tune's restored experiment state.
 
     When the driver dies between a trial's completion (told to the study at once) and the
@@ -249,12 +249,15 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
 
     from bst_search.data import load_dataset
     from bst_search.folds import development_fold_fp
-    from bst_search.search_space import load_space
+    from bst_search.search_space import data_available, load_space
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BST_CACHE_DIR", str(workdir / "cache"))
     space = load_space(Path(args.space))  # invalid spaces fail here, before Ray starts
+    space, dropped = space.restricted_to(**data_available(args.data, args.eval_data, args.crowd_data))
+    if dropped:
+        print(f"not searched, no data for them: {', '.join(dropped)}")
     backbones = space.backbones_needed()
     dev = load_dataset(Path(args.data), backbones=backbones, missing=args.missing, progress=True)
     ev = (load_dataset(Path(args.eval_data), backbones=backbones, missing=args.missing, progress=True)
@@ -271,11 +274,6 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
 
-    uses_crowd = [v for v in SCHEMA["data.crowd"].choices
-                  if v != "none" and space.can_take("data.crowd", v)]
-    if uses_crowd and crowd is None:
-        raise SystemExit(f"error: {args.space} can sample data.crowd={'|'.join(uses_crowd)}; "
-                         f"pass --crowd-data")
     state_path = _sweep_state(workdir, args.experiment)
     tune_root = args.tune_storage or os.environ.get("BST_TUNE_STORAGE") or str(workdir / "tune")
     exp_dir = f"{tune_root.rstrip('/')}/{args.experiment}"
@@ -322,10 +320,11 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
                                    resume_errored=True)
     else:
         storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=None)
-        searcher = ResumableOptunaSearch(space=space.sample, metric=space.metric, mode=space.mode,
-                                sampler=optuna.samplers.TPESampler(seed=args.seed, multivariate=True,
-                                                                   group=True),
-                                study_name=state["sweep"], storage=storage)
+        warm = warm_start_points(uri, args.warm_start, space, args.warm_start_n) if args.warm_start else None
+        searcher = ResumableOptunaSearch(
+            space=space.sample, metric=space.metric, mode=space.mode, points_to_evaluate=warm,
+            sampler=make_sampler(args.sampler, args.seed, concurrency_of(args.concurrency, cpu, gpu)),
+            study_name=state["sweep"], storage=storage)
         if args.concurrency:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=args.concurrency)
         sched = args.scheduler or space.scheduler

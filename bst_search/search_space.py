@@ -4,8 +4,24 @@ A space is checked completely when it is loaded, before Ray or any trial starts:
 parameter key must exist in :data:`bst_search.config.SCHEMA`, every bound and choice is run
 through the configuration's own validation, conditions must refer to earlier parameters and
 to values they can take, and the fixed part (``base`` + ``fixed``) must resolve to a valid
-configuration. Because :data:`~bst_search.config.SCHEMA` has no cross-key constraints, that
-makes every sampled configuration valid by construction.
+configuration. The configuration's cross-key rules (:func:`bst_search.config.check_consistency`:
+``gc``/``lcl`` need ``loss.top``, proxy losses need the proxy head, ...) hold for every
+configuration a sweep trains, in two steps:
+
+* at load time, :func:`satisfiable` enumerates the values of the keys the rules read and
+  refuses a space none of whose combinations passes them (the error quotes the rule, which
+  names its keys);
+* at sampling time, :meth:`SearchSpace.sample` checks the sampled configuration and raises
+  :class:`InvalidSample` with the rule's message; the searcher
+  (:class:`bst_search.sampling.ValidOptunaSearch`) tells Optuna that trial FAIL and asks
+  again, so an invalid combination never reaches a worker and the sweep still runs
+  ``--trials`` valid trials.
+
+Rejection rather than restricting a parameter's choices to the valid ones given its
+parents: Optuna requires a parameter's distribution to be the same in every trial of a study
+(a categorical whose choices change is an error, and TPE fits one density per parameter),
+so a choice list that depended on earlier values would break the sampler. A rejected trial
+is FAIL, which TPE ignores, so it learns only from configurations that were trained.
 
 File format::
 
@@ -28,9 +44,11 @@ base/fixed/default value for it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +82,17 @@ SUBSET_SEP = ","
 
 class SpaceError(ValueError):
     """A search space is not valid; the message names the file and the offending key."""
+
+
+class InvalidSample(ValueError):
+    """A sampled combination breaks a cross-key configuration rule (the message says which)."""
+
+
+# Budget of the load-time enumeration of rule-relevant values (satisfiable); beyond it the
+# space is accepted and sampling-time rejection alone keeps trials valid.
+MAX_RULE_COMBINATIONS = 200_000
+# Values of a rule key that the enumeration tries for an int range (all of them up to this many)
+MAX_INT_VALUES = 64
 
 
 def is_text_backbone(name: str) -> bool:
@@ -137,6 +166,35 @@ class Param:
         encoded = trial.suggest_categorical(self.name, [SUBSET_SEP.join(s) for s in self.subsets])
         return encoded.split(SUBSET_SEP)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` (as :meth:`SearchSpace.sample` returns it) is in this domain."""
+        if self.type == "categorical":
+            return any(_same(c, value) for c in self.choices)
+        if self.type == "subset":
+            return isinstance(value, (list, tuple)) and tuple(value) in self.subsets
+        if not _number(value) or not self.low <= value <= self.high:
+            return False
+        if self.type == "int":
+            return float(value).is_integer() and (value - self.low) % (self.step or 1) == 0
+        return True
+
+    def representatives(self) -> list[Any]:
+        """Values that decide every cross-key rule for this key: all choices; for numbers the
+        ends of the range (the rules compare weights with 0), every value of a short int
+        range (divisibility of model.hidden by model.heads)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "subset":
+            return [list(s) for s in self.subsets]
+        if self.type == "int" and self.enumerable():
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        return [self.low, self.high]
+
+    def enumerable(self) -> bool:
+        """Whether :meth:`representatives` decide every rule: all but a long int range, whose
+        middle values could matter (divisibility, a ``when`` on one value)."""
+        return self.type != "int" or (self.high - self.low) // (self.step or 1) < MAX_INT_VALUES
+
     def describe_range(self) -> str:
         """Short human-readable domain."""
         if self.type in ("float", "int"):
@@ -165,6 +223,10 @@ class SearchSpace:
     description: str = ""
     source: str = "<space>"
     scheduler: str = "asha"  # early stopping on per-fold results: asha, median or none
+    # False when the sweep's crowd data have no confidences: the confidence keys then cannot
+    # go with a crowd strategy (a data rule that violation() adds to the configuration's)
+    crowd_confidence: bool = True
+    _flat_fallback: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Optuna define-by-run function: suggest the active parameters in file order.
@@ -178,7 +240,102 @@ class SearchSpace:
         for p in self.params.values():
             if p.active(out):
                 out[p.name] = p.suggest(trial)
+        problem = self.violation(out)
+        if problem is not None:
+            raise InvalidSample(problem)
         return out
+
+    def restricted_to(self, available_backbones: Collection[str], has_crowd: bool,
+                      has_confidence: bool = True, crowd_confidence: bool = True
+                      ) -> tuple[SearchSpace, list[str]]:
+        """This space without what needs data the sweep does not have, and what was dropped.
+
+        A backbone without embeddings leaves the ``backbones`` subsets; a value listed in
+        :data:`DATA_NEEDS` whose data is missing leaves its parameter (crowd strategies
+        without crowd data, confidence filtering without confidences); a parameter whose
+        choices are all gone, or whose ``when`` can no longer hold, leaves the space. What
+        base/fixed set cannot be dropped: needing missing data there is a :class:`SpaceError`,
+        as is a restricted space none of whose combinations passes the rules. Crowd data
+        without confidences add a data rule (:meth:`violation`): no confidence key together
+        with a crowd strategy. ``dropped`` is one short entry per change
+        (``data.crowd=all|teacher (no crowd data)``; a parameter dropped because its ``when``
+        can no longer hold is named alone).
+        """
+        missing = {"crowd": not has_crowd, "confidence": not has_confidence}
+        available = set(available_backbones)
+        fallback = self._fallback()
+
+        def needs(key: str, value: Any) -> str | None:
+            if key == "backbones":
+                gone = [b for b in value if b not in available]
+                return f"embeddings of {', '.join(gone)}" if gone else None
+            what, test = DATA_NEEDS.get(key, (None, None))
+            return DATA_WHAT[what] if what and missing[what] and test(value) else None
+
+        def check_fallback(key: str) -> None:
+            need = needs(key, fallback[key])
+            if need:
+                raise SpaceError(f"{self.source}: {key}={fallback[key]} (base/fixed) needs "
+                                 f"{need}, which this sweep does not have")
+
+        for key in ("backbones", *DATA_NEEDS):  # values a trial gets without sampling them
+            if key not in self.params or self.params[key].when:
+                check_fallback(key)
+        params: dict[str, Param] = {}
+        dropped: list[str] = []
+        for p in self.params.values():
+            when = {parent: tuple(v for v in values if params[parent].contains(v))
+                    for parent, values in p.when.items() if parent in params}
+            if len(when) < len(p.when) or not all(when.values()):
+                dropped.append(p.name)  # its `when` cannot hold any more
+                continue
+            why = next(filter(None, (needs(p.name, v) for v in p.representatives())), None)
+            q = dataclasses.replace(p, when=when)
+            if why and p.type == "subset":
+                subsets = tuple(x for x in p.subsets if all(b in available for b in x))
+                gone = [b for b in p.choices if b not in available]
+                dropped.append(f"{p.name}={'|'.join(gone)} (no embeddings)")
+                if not subsets:
+                    raise SpaceError(f"{self.source}: params.{p.name}: no valid subset is left "
+                                     f"without {', '.join(gone)} (no embeddings)")
+                keep = tuple(b for b in p.choices if b in available)
+                q = dataclasses.replace(q, choices=keep, subsets=subsets,
+                                        min_size=min(len(x) for x in subsets),
+                                        max_size=max(len(x) for x in subsets))
+            elif why:
+                keep = tuple(c for c in p.choices if not needs(p.name, c))
+                gone = [c for c in p.choices if needs(p.name, c)] if keep else []
+                dropped.append(f"{p.name}{'=' + '|'.join(map(str, gone)) if gone else ''} (no {why})")
+                if not keep:  # a range, or nothing left: trials get the base/fixed value
+                    check_fallback(p.name)
+                    continue
+                q = dataclasses.replace(q, choices=keep)
+            params[p.name] = q
+        out = dataclasses.replace(self, params=params, crowd_confidence=crowd_confidence)
+        problem = unsatisfiable(out)
+        if problem:
+            raise SpaceError(f"{self.source}: without {', '.join(dropped)}, every combination "
+                             f"breaks a configuration rule: {problem}")
+        return out, dropped
+
+    def violation(self, sampled: Mapping[str, Any]) -> str | None:
+        """The cross-key rule a sampled combination breaks (its message), or None."""
+        flat = {**self._fallback(), **dict(sampled)}
+        try:
+            config.check_consistency(flat)
+        except ConfigError as e:
+            return str(e)
+        conf = [f"{k}={flat[k]}" for k in CONFIDENCE_KEYS if flat[k]]
+        if not self.crowd_confidence and conf and flat["data.crowd"] != "none":
+            return (f"{', '.join(conf)} with data.crowd={flat['data.crowd']}: the crowd data "
+                    f"have no confidences")
+        return None
+
+    def _fallback(self) -> dict[str, Any]:
+        """The flat configuration of a trial that samples nothing (base, then fixed)."""
+        if self._flat_fallback is None:
+            self._flat_fallback = config.flatten(self.config())
+        return self._flat_fallback
 
     def config(self, sampled: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The full validated nested configuration of a trial: base, then fixed, then sampled."""
@@ -189,21 +346,14 @@ class SearchSpace:
         return {n: dict(p.when) for n, p in self.params.items() if p.when}
 
     def can_take(self, key: str, value: Any) -> bool:
-        """Whether some trial of this space may have ``key == value``; lets the driver refuse
-        early what trials would fail on (``data.crowd: all`` without ``--crowd-data``)."""
+        """Whether some trial of this space may have ``key == value`` (its parameter's domain,
+        or the base/fixed value a trial gets while the parameter is absent or inactive)."""
         if key not in config.SCHEMA:
             raise SpaceError(f"{self.source}: {key}: unknown configuration key")
-        fallback = config.flatten(self.config())[key]  # what a trial without the param gets
         p = self.params.get(key)
-        if p is None:
-            return _same(fallback, value)
-        if p.when and _same(fallback, value):
-            return True
-        if p.type == "categorical":
-            return any(_same(c, value) for c in p.choices)
-        if p.type == "subset":
-            return isinstance(value, (list, tuple)) and tuple(value) in p.subsets
-        return _number(value) and p.low <= value <= p.high
+        fallback_applies = p is None or bool(p.when)
+        return (fallback_applies and _same(self._fallback()[key], value)) or (
+            p is not None and p.contains(value))
 
     def backbones_needed(self) -> list[str]:
         """Every backbone some trial of this space can use, so the data loads them once."""
@@ -240,6 +390,59 @@ class SearchSpace:
             for r in rows
         ]
         return "\n".join(head + [line.rstrip() for line in lines])
+
+
+# A value that needs data a sweep may not have: key -> (what, does this value need it).
+DATA_NEEDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "data.crowd": ("crowd", lambda v: v != "none"),
+    "data.two_stage": ("crowd", lambda v: v is True),
+    "data.min_confidence": ("confidence", lambda v: v > 0),
+    "data.confidence_weighting": ("confidence", lambda v: v is True),
+}
+CONFIDENCE_KEYS = ("data.min_confidence", "data.confidence_weighting")
+DATA_WHAT = {"crowd": "crowd data", "confidence": "confidences"}
+
+
+def unsatisfiable(space: SearchSpace, budget: int = MAX_RULE_COMBINATIONS) -> str | None:
+    """A rule every combination of ``space`` breaks (its message), or None when some passes.
+
+    Enumerates depth-first, in file order and respecting ``when``, the representative values
+    (:meth:`Param.representatives`) of the parameters the rules read
+    (:data:`bst_search.config.RULE_KEYS`) and of their ``when`` parents; other parameters
+    keep one value, as they cannot change a rule's outcome. Stops at the first valid
+    combination; past ``budget`` combinations, or with a long int range among those
+    parameters, it answers None (undecided, accepted).
+    """
+    need: set[str] = set()
+    keys = config.RULE_KEYS + (() if space.crowd_confidence else CONFIDENCE_KEYS)
+    stack = [n for n in space.params if n in keys]
+    while stack:
+        name = stack.pop()
+        if name not in need:
+            need.add(name)
+            stack.extend(space.params[name].when)
+    params = [p for p in space.params.values() if p.name in need]
+    if not all(p.enumerable() for p in params):
+        return None  # undecided: sampling-time rejection alone keeps trials valid
+    seen: Counter[str] = Counter()
+    count = 0
+
+    def valid_below(i: int, sampled: dict[str, Any]) -> bool:
+        nonlocal count
+        if i == len(params):
+            count += 1
+            problem = space.violation(sampled)
+            if problem is not None:
+                seen[problem] += 1
+            return problem is None or count >= budget
+        p = params[i]
+        if not p.active(sampled):
+            return valid_below(i + 1, sampled)
+        return any(valid_below(i + 1, {**sampled, p.name: v}) for v in p.representatives())
+
+    if valid_below(0, {}):
+        return None
+    return seen.most_common(1)[0][0]
 
 
 # ---------------------------------------------------------------- parsing and validation
@@ -475,10 +678,44 @@ def space_from_dict(data: Any, source: str = "<space>", root: Path | None = None
         raise SpaceError(
             f"{src}: backbones: {resolved['backbones']} from base/fixed has no audio backbone"
         )
-    return SearchSpace(
+    space = SearchSpace(
         metric=metric, mode=mode, resources=resources, base=base, fixed=fixed,
         params=params, description=description.strip(), source=source, scheduler=scheduler,
     )
+    problem = unsatisfiable(space)
+    if problem:
+        raise SpaceError(f"{src}: every combination of the space breaks a configuration rule: "
+                         f"{problem}")
+    return space
+
+
+def data_available(data: str | Path, *others: str | Path | None) -> dict[str, Any]:
+    """What a sweep's data offer, read from the layout without loading embeddings, as the
+    keyword arguments of :meth:`SearchSpace.restricted_to`: the backbones every given root
+    has, and whether the development and crowd sets carry confidences. ``others`` are the
+    evaluation and crowd roots (None when not given); the last one is the crowd root."""
+    from bst_search.data import discover_backbones
+    from bst_search.data.metadata import find_metadata
+
+    roots = [Path(r) for r in (data, *others) if r is not None]
+    backbones = set(discover_backbones(roots[0]))
+    for r in roots[1:]:
+        backbones &= set(discover_backbones(r))
+    crowd = others[-1] if others else None
+
+    def has_confidence(root: Path) -> bool:
+        import pandas as pd
+
+        _, path = find_metadata(root)
+        head = pd.read_csv(path, nrows=0).columns
+        if "confidence" not in head:
+            return False
+        conf = pd.read_csv(path, usecols=["confidence"], dtype=str)["confidence"]
+        return bool(conf.fillna("").str.strip().ne("").any())
+
+    return {"available_backbones": sorted(backbones), "has_crowd": crowd is not None,
+            "has_confidence": has_confidence(Path(data)),
+            "crowd_confidence": crowd is None or has_confidence(Path(crowd))}
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -26,18 +26,26 @@ CROWD_FILTERS = Registry("data.crowd")
 register_crowd_filter = CROWD_FILTERS.register
 
 
-def dev_training_rows(cfg: dict[str, Any], dev: Dataset, train_idx: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Confidence filter and weighting of a fold's development training part:
-    (kept rows, per-row weights or None). Rows of unknown confidence are kept at weight 1."""
+def confident_rows(cfg: dict[str, Any], ds: Dataset, rows: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data.min_confidence`` and ``data.confidence_weighting`` on some training rows of
+    ``ds``, development or crowd alike: (kept rows, per-row weights confidence / 5, or None
+    when weighting is off). A row whose confidence cell is empty (crowd data may leave it
+    empty) is kept at weight 1. A dataset with no confidence at all cannot honour the keys:
+    that is an error naming the dataset, not a silent no-op."""
     data_cfg = cfg["data"]
-    rows = train_idx
-    if data_cfg["min_confidence"] > 0 and dev.confidence is not None:
-        conf = dev.confidence[rows]
-        rows = rows[~(conf < data_cfg["min_confidence"])]
+    keys = [f"data.{k}={data_cfg[k]}" for k in ("min_confidence", "confidence_weighting")
+            if data_cfg[k]]
+    if not keys:
+        return rows, None
+    if ds.confidence is None or np.isnan(ds.confidence).all():
+        raise DataError(f"{ds.root}: {' and '.join(keys)} need annotator confidences, and this "
+                        f"dataset has none (no confidence column, or an empty one)")
+    if data_cfg["min_confidence"] > 0:
+        rows = rows[~(ds.confidence[rows] < data_cfg["min_confidence"])]
     weights = None
-    if data_cfg["confidence_weighting"] and dev.confidence is not None:
-        conf = dev.confidence[rows]
+    if data_cfg["confidence_weighting"]:
+        conf = ds.confidence[rows]
         weights = np.where(np.isnan(conf), 1.0, conf / 5.0)
     return rows, weights
 
@@ -64,7 +72,7 @@ class FoldContext:
     y_train: np.ndarray
     w_train: np.ndarray | None
     crowd: Dataset
-    candidates: np.ndarray  # crowd rows eligible (crowd_candidates)
+    candidates: np.ndarray  # crowd rows eligible (crowd_candidates) and confident enough
     backbones: list[str]
     fit: FitFn
     predict: PredictFn
@@ -72,6 +80,10 @@ class FoldContext:
 
     def crowd_X(self, rows: np.ndarray) -> list[np.ndarray]:
         return [x[rows] for x in self.crowd.X(self.backbones)]
+
+    def crowd_weights(self, rows: np.ndarray) -> np.ndarray | None:
+        """Confidence weights of crowd rows, as the development rows get theirs."""
+        return confident_rows(self.cfg, self.crowd, rows)[1]
 
 
 @register_crowd_filter("none")
@@ -153,7 +165,7 @@ class EL2N:
         Xc = ctx.crowd_X(rows)
         X = [np.concatenate([a, c]) for a, c in zip(ctx.X_train, Xc, strict=True)]
         y = np.concatenate([ctx.y_train, ctx.crowd.y[rows]])
-        w = None if ctx.w_train is None else np.concatenate([ctx.w_train, np.ones(len(rows))])
+        w = None if ctx.w_train is None else np.concatenate([ctx.w_train, ctx.crowd_weights(rows)])
         model = ctx.fit(X, y, w, self.epochs)
         p = ctx.predict(model, Xc)
         p[np.arange(len(rows)), ctx.crowd.y[rows]] -= 1.0

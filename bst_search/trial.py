@@ -27,7 +27,7 @@ from bst_search import config as config_mod
 from bst_search import metrics
 from bst_search.data import DataError, Dataset, is_text_backbone
 from bst_search.folds import assign_folds, fold_fingerprint, holdout_mask, train_val_split
-from bst_search.strategies import FoldContext, crowd_candidates, dev_training_rows, select_crowd
+from bst_search.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
 FoldCallback = Callable[[dict[str, Any]], None]
@@ -107,7 +107,7 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     modalities = ["text" if is_text_backbone(b) else "audio" for b in backbones]
     seed = _fold_seed(cfg["seed"], k)
     train_idx, val_idx = train_val_split(dev.y, fold, k)
-    rows, weights = dev_training_rows(cfg, dev, train_idx)
+    rows, weights = confident_rows(cfg, dev, train_idx)
     X_dev = dev.X(backbones)
     X_train, y_train = [x[rows] for x in X_dev], dev.y[rows]
     X_val, y_val = [x[val_idx] for x in X_dev], dev.y[val_idx]
@@ -119,7 +119,8 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
 
     init_state, n_crowd = None, 0
     if cfg["data"]["crowd"] != "none":
-        ctx = FoldContext(cfg, X_train, y_train, weights, crowd, crowd_candidates(crowd, dev),
+        candidates, _ = confident_rows(cfg, crowd, crowd_candidates(crowd, dev))
+        ctx = FoldContext(cfg, X_train, y_train, weights, crowd, candidates,
                           backbones, fit=lambda X, y, w, e: fit(X, y, w, e, average_top=1).model,
                           predict=lambda m, X: training.predict_proba(m, X, device=device), log=log)
         extra = select_crowd(cfg, ctx)
@@ -127,16 +128,16 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
         if n_crowd == 0:
             raise DataError(f"{crowd.root}: data.crowd={cfg['data']['crowd']} kept no crowd rows "
                             f"in fold {k}")
-        X_crowd, y_crowd = ctx.crowd_X(extra), crowd.y[extra]
+        X_crowd, y_crowd, w_crowd = ctx.crowd_X(extra), crowd.y[extra], ctx.crowd_weights(extra)
         if cfg["data"]["two_stage"]:  # stage 1: the crowd rows alone; stage 2 below fine-tunes
-            stage1 = fit(X_crowd, y_crowd, None, cfg["data"]["pretrain_epochs"], average_top=1)
+            stage1 = fit(X_crowd, y_crowd, w_crowd, cfg["data"]["pretrain_epochs"], average_top=1)
             init_state = stage1.model.state_dict()
             log and log(f"  stage 1 on {n_crowd} crowd rows: val hF {stage1.best_val_hF:.4f}")
         else:
             X_train = [np.concatenate([a, c]) for a, c in zip(X_train, X_crowd, strict=True)]
             y_train = np.concatenate([y_train, y_crowd])
             if weights is not None:
-                weights = np.concatenate([weights, np.ones(n_crowd)])
+                weights = np.concatenate([weights, w_crowd])
 
     result = fit(X_train, y_train, weights, None, init_state=init_state, on_epoch=on_epoch)
     test_idx = np.flatnonzero(fold == k)

@@ -104,6 +104,23 @@ def test_invalid_space_is_refused_before_ray_starts(tiny_data, tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
+@pytest.mark.parametrize(("text", "named"), [
+    ("base: late_fusion\nfixed: {loss.top: 0.0}\n"
+     "params:\n  model.head: {type: categorical, choices: [gc, lcl]}\n", "loss.top"),
+    ("base: late_fusion\nfixed: {data.crowd: teacher}\n", "data.crowd=teacher (base/fixed) needs crowd data"),
+], ids=["no-valid-combination", "fixed-value-without-data"])
+def test_space_that_cannot_run_is_refused_before_ray_starts(tiny_data, tmp_path, text, named):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
+         "--space", str(bad), "--experiment", "bad", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_env())
+    assert r.returncode == 2, r.stderr
+    assert named in r.stderr and str(bad) in r.stderr
+    assert not (tmp_path / "tune").exists()
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
     n = 6
@@ -208,3 +225,63 @@ def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
         for db in dbs.values():
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.close()
+
+
+MIXED_SPACE = """
+description: smoke, plus combinations that break a rule and values without data
+objective: {metric: oof_hF_strict, mode: max}
+scheduler: none
+base: late_fusion
+fixed: {model.hidden: 32, model.heads: 2, train.max_epochs: 3, train.patience: 2,
+        train.batch_size: 64, train.drop_last: false, train.warmup_epochs: 0}
+params:
+  train.lr: {type: float, low: 3.0e-4, high: 1.0e-2, log: true}
+  model.head: {type: categorical, choices: [flat, gc]}
+  loss.top: {type: categorical, choices: [0.0, 1.0]}
+  loss.proxy: {type: categorical, choices: [0.0, 1.0]}
+  backbones: {type: subset, choices: [clap_audio, clap_text, beats], min_size: 1}
+  data.crowd: {type: categorical, choices: [none, all]}
+"""
+
+
+@pytest.mark.slow
+def test_invalid_combinations_never_reach_a_worker_and_warm_start(tiny_data, tmp_path):
+    """Three in four head x loss.top x loss.proxy combinations break a rule; `beats` has no embeddings and there
+    is no crowd data. The sweep drops what needs missing data, says so in one line, runs
+    exactly --trials valid trials and tells Optuna FAIL for every rejected combination. A
+    second sweep warm-started from it first replays its two best configurations."""
+    space = tmp_path / "mixed.yaml"
+    space.write_text(MIXED_SPACE)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    uri = tracking.tracking_uri(tmp_path)
+    cmd = _search_cmd(tiny_data, tmp_path, "mixed", 3, "--space", str(space))
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert ("not searched, no data for them: backbones=beats (no embeddings), "
+            "data.crowd=all (no crowd data)\n") in r.stdout
+    runs = _trial_runs(uri, "mixed", "FINISHED")
+    assert len(runs) == 3 and all(r.data.tags["bst.status"] == "complete" for r in runs)
+    for run in runs:  # every trial a worker ran is a valid configuration
+        p = run.data.params
+        assert (p["model.head"] == "gc") == (float(p["loss.top"]) > 0)
+        assert float(p["loss.proxy"]) == 0
+        assert "beats" not in p["backbones"] and p["data.crowd"] == "none"
+    study = optuna.load_study(study_name=_sweep_id(tmp_path, "mixed"), storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") >= 1
+    for t in study.trials:
+        if t.state.name == "FAIL":
+            assert "loss.top" in t.user_attrs["bst.invalid"] or "loss.proxy" in t.user_attrs["bst.invalid"]
+
+    best = sorted(runs, key=lambda r: -r.data.metrics["oof_hF_strict"])[:2]
+    r = subprocess.run(_search_cmd(tiny_data, tmp_path, "warm", 2, "--space", str(space),
+                                   "--warm-start", "mixed", "--warm-start-n", "2",
+                                   "--sampler", "random"),
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    warm = optuna.load_study(study_name=_sweep_id(tmp_path, "warm"), storage=storage)
+    assert [t.state.name for t in warm.trials] == ["COMPLETE", "COMPLETE"]
+    for t, run in zip(sorted(warm.trials, key=lambda t: t.number), best, strict=True):
+        assert t.params["train.lr"] == pytest.approx(float(run.data.params["train.lr"]))
+        assert t.params["backbones"] == run.data.params["backbones"]
+        assert t.params["model.head"] == run.data.params["model.head"]

@@ -8,12 +8,19 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 
 from bst_search import config
-from bst_search.search_space import SearchSpace, SpaceError, is_text_backbone, load_space
+from bst_search.search_space import (
+    InvalidSample,
+    SearchSpace,
+    SpaceError,
+    is_text_backbone,
+    load_space,
+)
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SHIPPED = ("smoke", "baseline", "mesh")
@@ -281,8 +288,182 @@ def test_can_take() -> None:
     assert mesh.can_take("train.lr", 1e-3) and not mesh.can_take("train.lr", 0.5)
     assert mesh.can_take("backbones", ["clap_audio", "panns"])
     assert not mesh.can_take("backbones", ["clap_text"])
+    no_crowd, _ = mesh.restricted_to(["clap_audio", "clap_text", "panns"], has_crowd=False)
+    assert not no_crowd.can_take("data.crowd", "teacher")
     with pytest.raises(SpaceError, match="model.nope"):
         mesh.can_take("model.nope", 1)
+
+
+# ------------------------------------------------------- cross-key rules and data at hand
+
+MIXED_HEADS = """
+    base: late_fusion
+    params:
+      model.head: {type: categorical, choices: [flat, gc, lcl, proxy]}
+      loss.top: {type: categorical, choices: [0.0, 1.0]}
+      loss.proxy: {type: categorical, choices: [0.0, 0.5]}
+      train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+class _Recording(dict):
+    """A flat configuration that remembers which keys were read."""
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_rule_keys_are_every_key_the_rules_read() -> None:
+    """satisfiable() enumerates only config.RULE_KEYS: the rules must read no other key."""
+    rng = np.random.default_rng(0)
+    read: set[str] = set()
+    for _ in range(3000):
+        flat = config.flatten(config.defaults())
+        for k in config.RULE_KEYS:
+            spec = config.SCHEMA[k]
+            if spec.choices:
+                flat[k] = spec.choices[rng.integers(len(spec.choices))]
+            elif spec.type is float:
+                flat[k] = float(rng.choice([0.0, 0.5]))
+            elif spec.type is int:
+                flat[k] = int(rng.choice([2, 3, 4, 8, 12, 64]))
+            elif spec.type is bool:
+                flat[k] = bool(rng.integers(2))
+        rec = _Recording(flat)
+        try:
+            config.check_consistency(rec)
+        except config.ConfigError:
+            pass
+        read |= rec.read
+    assert read == set(config.RULE_KEYS)
+
+
+def test_sampling_never_returns_a_combination_that_breaks_a_rule(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, MIXED_HEADS))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    valid, invalid = 0, []
+    for _ in range(60):
+        trial = study.ask()
+        try:
+            sampled = space.sample(trial)
+        except InvalidSample as e:
+            invalid.append(str(e))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        space.config(sampled)  # would raise ConfigError for a broken rule
+        valid += 1
+        study.tell(trial, 0.0)
+    assert valid and invalid
+    assert any("loss.top" in m for m in invalid) and any("loss.proxy" in m for m in invalid)
+
+
+def test_optuna_search_tells_fail_and_asks_again(tmp_path: Path) -> None:
+    from bst_search.sampling import ValidOptunaSearch
+
+    space = load_space(_write(tmp_path, MIXED_HEADS))
+    searcher = ValidOptunaSearch(space=space.sample, metric=space.metric, mode=space.mode,
+                                 sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    for i in range(20):
+        cfg = searcher.suggest(f"t{i}")
+        space.config(cfg)  # every suggestion is a valid configuration
+        searcher.on_trial_complete(f"t{i}", {space.metric: cfg["train.lr"], "training_iteration": 1})
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(trials) - len(failed) == 20 and failed
+    assert all(space.violation(t.params | {"backbones": ["clap_audio"]}) for t in failed)
+    assert all(t.user_attrs["bst.invalid"] for t in failed)
+
+
+@pytest.mark.parametrize(("text", "keys"), [
+    ("""
+     base: late_fusion
+     fixed: {loss.top: 0.0}
+     params:
+       model.head: {type: categorical, choices: [gc, lcl]}
+     """, "loss.top"),
+    ("""
+     base: late_fusion
+     params:
+       data.crowd: {type: categorical, choices: [union, intersection]}
+       data.crowd_a: {type: categorical, choices: [el2n]}
+       data.crowd_b: {type: categorical, choices: [el2n]}
+     """, "data.crowd_a"),
+    ("""
+     base: late_fusion
+     params:
+       model.hidden: {type: int, low: 33, high: 35, step: 2}
+       model.heads: {type: categorical, choices: [2, 4]}
+     """, "model.heads"),
+], ids=["head-without-top", "same-filter-twice", "indivisible-heads"])
+def test_a_space_no_combination_of_which_is_valid_is_refused(tmp_path: Path, text: str,
+                                                             keys: str) -> None:
+    with pytest.raises(SpaceError, match=f"every combination.*{re.escape(keys)}"):
+        load_space(_write(tmp_path, text))
+
+
+def test_mesh_without_crowd_data_and_panns_drops_what_needs_them() -> None:
+    mesh = load_space(SPACES / "mesh.yaml")
+    space, dropped = mesh.restricted_to(["clap_audio", "clap_text"], has_crowd=False)
+    assert dropped[0] == "backbones=panns (no embeddings)"
+    assert dropped[1].startswith("data.crowd=all|teacher|el2n|uploader_cap|union|intersection")
+    assert {"data.two_stage", "data.pretrain_epochs", "data.crowd_a", "data.el2n_drop"} <= set(dropped)
+    assert "data.min_confidence" in space.params and "data.two_stage" not in space.params
+    samples, _ = _run(space, 60, seed=0)
+    for s in samples:
+        cfg = space.config(s)
+        assert "panns" not in cfg["backbones"] and cfg["data"]["crowd"] == "none"
+        assert not cfg["data"]["two_stage"]
+    same, nothing = mesh.restricted_to(["clap_audio", "clap_text", "panns"], has_crowd=True)
+    assert nothing == [] and same.params.keys() == mesh.params.keys()
+
+
+def test_restriction_keeps_rules_for_data_it_cannot_drop(tmp_path: Path) -> None:
+    mesh = load_space(SPACES / "mesh.yaml")
+    space, dropped = mesh.restricted_to(["clap_audio", "panns"], has_crowd=True, has_confidence=False)
+    assert "data.min_confidence=2|3|4 (no confidences)" in dropped
+    assert "data.confidence_weighting=True (no confidences)" in dropped
+    # crowd data without confidences: a confidence key never comes with a crowd strategy
+    space, _ = mesh.restricted_to(["clap_audio", "panns"], has_crowd=True, crowd_confidence=False)
+    samples = []
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    while len(samples) < 40:
+        trial = study.ask()
+        try:
+            samples.append(space.sample(trial))
+        except InvalidSample as e:
+            assert "no confidences" in str(e) or "crowd" in str(e)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, 0.0)
+    assert not any(s["data.crowd"] != "none" and (s["data.min_confidence"] or s["data.confidence_weighting"])
+                   for s in samples)
+    with pytest.raises(SpaceError, match=r"data\.crowd=all \(base/fixed\) needs crowd data"):
+        load_space(_write(tmp_path, "base: late_fusion\nfixed: {data.crowd: all}\n")).restricted_to(
+            ["clap_audio", "clap_text", "panns"], has_crowd=False)
+    with pytest.raises(SpaceError, match="backbones: no valid subset.*clap_audio"):
+        load_space(SPACES / "smoke.yaml").restricted_to(["clap_text"], has_crowd=False)
+    with pytest.raises(SpaceError, match="every combination.*min_confidence=3 with data.crowd"):
+        load_space(_write(tmp_path, """
+            base: late_fusion
+            fixed: {data.min_confidence: 3}
+            params:
+              data.crowd: {type: categorical, choices: [all, teacher]}
+        """)).restricted_to(["clap_audio", "clap_text", "panns"], has_crowd=True,
+                            crowd_confidence=False)
+
+
+def test_data_available_reads_the_layout(tiny_data: dict) -> None:
+    from bst_search.search_space import data_available
+
+    got = data_available(tiny_data["dev"], tiny_data["eval"], tiny_data["crowd"])
+    assert got == {"available_backbones": ["clap_audio", "clap_text", "panns"], "has_crowd": True,
+                   "has_confidence": True, "crowd_confidence": False}
+    assert data_available(tiny_data["dev"], None, None)["has_crowd"] is False
 
 
 def test_conditional_backbones_fall_back_to_base(tmp_path: Path) -> None:

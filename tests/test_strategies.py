@@ -21,8 +21,8 @@ from bst_search.folds import assign_folds, train_val_split
 from bst_search.strategies import (
     CROWD_FILTERS,
     FoldContext,
+    confident_rows,
     crowd_candidates,
-    dev_training_rows,
     select_crowd,
 )
 from bst_search.trial import run_fold
@@ -50,13 +50,55 @@ def test_registry_matches_schema() -> None:
     assert set(CROWD_FILTERS) == set(config.SCHEMA["data.crowd"].choices)
 
 
-def test_dev_rules_touch_only_the_given_rows(dev: Dataset) -> None:
+def test_confidence_rules_touch_only_the_given_rows(dev: Dataset) -> None:
     cfg = _cfg(**{"data.min_confidence": 4, "data.confidence_weighting": True})
     rows = np.arange(0, len(dev.ids), 2)
-    kept, w = dev_training_rows(cfg, dev, rows)
+    kept, w = confident_rows(cfg, dev, rows)
     assert np.isin(kept, rows).all() and len(kept) < len(rows)
     assert (dev.confidence[kept] >= 4).all()
     assert np.allclose(w, dev.confidence[kept] / 5)
+
+
+def test_confidence_filter_and_weights_apply_to_crowd_rows(dev: Dataset, crowd: Dataset,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crowd rows are filtered and weighted like development rows; an empty cell keeps weight 1."""
+    conf = np.random.default_rng(0).integers(1, 6, len(crowd.ids)).astype(float)
+    conf[:3] = np.nan  # crowd data may leave the confidence empty (the synthetic set leaves all)
+    crowd = dataclasses.replace(crowd, confidence=conf)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real_fit = training.fit
+
+    def spy_fit(cfg, X_train, y_train, X_val, y_val, **kw):
+        seen.append((y_train, kw["sample_weight"]))
+        return real_fit(cfg, X_train, y_train, X_val, y_val, **kw)
+
+    monkeypatch.setattr(training, "fit", spy_fit)
+    cfg = _cfg(**{"data.crowd": "all", "data.min_confidence": 4, "data.confidence_weighting": True})
+    fold = assign_folds(dev.y)
+    res = run_fold(cfg, dev, fold, 0, crowd=crowd)
+    cand = crowd_candidates(crowd, dev)
+    c = crowd.confidence[cand]
+    confident = cand[~(c < 4)]
+    assert 0 < res["n_crowd"] == len(confident) < len(cand)
+    (y, w), = seen
+    dev_rows, dev_w = confident_rows(cfg, dev, train_val_split(dev.y, fold, 0)[0])
+    assert len(y) == len(dev_rows) + len(confident)
+    expected = np.where(np.isnan(crowd.confidence[confident]), 1.0, crowd.confidence[confident] / 5)
+    assert np.allclose(w, np.concatenate([dev_w, expected]))
+    assert np.isnan(crowd.confidence[confident]).sum() == 3 and w.min() >= 0.8
+
+
+@pytest.mark.parametrize("key", [{"data.min_confidence": 3}, {"data.confidence_weighting": True}])
+def test_confidence_keys_without_confidences_are_an_error(dev: Dataset, crowd: Dataset,
+                                                          key: dict) -> None:
+    blank_dev = dataclasses.replace(dev, confidence=np.full(len(dev.ids), np.nan))
+    with pytest.raises(DataError, match=f"{dev.root}.*{next(iter(key))}"):
+        run_fold(_cfg(**key), blank_dev, assign_folds(dev.y), 0)
+    blank_crowd = dataclasses.replace(crowd, confidence=None)
+    with pytest.raises(DataError, match=f"{crowd.root}.*{next(iter(key))}"):
+        run_fold(_cfg(**key, **{"data.crowd": "all"}), dev, assign_folds(dev.y), 0, crowd=blank_crowd)
+    rows = np.arange(10)  # the keys off: nothing is asked of the data
+    assert confident_rows(_cfg(), blank_dev, rows)[1] is None
 
 
 def _ctx(cfg: dict, dev: Dataset, crowd: Dataset, fits: list | None = None) -> FoldContext:
@@ -171,6 +213,8 @@ LEAK_CASES = [
     {"data.crowd": "all", "data.two_stage": True},
     {"loss.knn_distill": 1.0, "post.knn_alpha": 0.5, "post.ckpt_avg": 2},
     {"data.min_confidence": 3, "data.confidence_weighting": True, "train.mixup_alpha": 0.4},
+    {"data.crowd": "el2n", "data.min_confidence": 3, "data.confidence_weighting": True,
+     "crowd_confidence": True},
 ]
 
 
@@ -198,6 +242,10 @@ def test_no_strategy_leaks_held_out_rows(dev: Dataset, crowd: Dataset, extra: di
 
     monkeypatch.setattr(training, "fit", spy_fit)
     monkeypatch.setattr(knn_mod, "KnnPrior", SpyKnn)
+    extra = dict(extra)
+    if extra.pop("crowd_confidence", False):  # the synthetic crowd set has none
+        conf = np.random.default_rng(0).integers(1, 6, len(mcrowd.ids)).astype(float)
+        mcrowd = dataclasses.replace(mcrowd, confidence=conf)
     cfg = _cfg(**extra)
     res = run_fold(cfg, mdev, assign_folds(mdev.y), k, crowd=mcrowd)
     assert np.array_equal(res["test_idx"], held)  # the marked rows are exactly those predicted
