@@ -11,6 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e .[dev]
+	$(BIN)/pip install -q --no-deps laion-clap==1.1.7  # its numpy<2 pin and training deps: README, Extraction
 	touch $@
 
 venv: $(BIN)/.installed
@@ -31,6 +32,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_trial.py
 	$(BIN)/python benchmarks/bench_ensemble.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_extract.py
 
 clean:
 	rm -rf $(VENV) bst-runs

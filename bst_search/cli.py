@@ -1,4 +1,5 @@
-"""``bst-search`` command line: synth, data, trial, search, ensemble, score, demo.
+"""``bst-search`` command line: synth, data, trial, search, ensemble, score, extract, report,
+dashboard, demo.
 
 Heavy imports (torch, ray, mlflow) happen inside the subcommands so that ``--help`` and
 data-only commands start quickly.
@@ -58,7 +59,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     paths = make_synthetic(Path(args.out), n=args.n, crowd_n=args.crowd_n, eval_n=args.eval_n,
-                           seed=args.seed, progress=True, overwrite=args.overwrite)
+                           seed=args.seed, progress=True, overwrite=args.overwrite,
+                           audio_n=args.audio_n)
     print(f"synthetic BST data written in {time.perf_counter() - t0:.1f}s:")
     for k, v in paths.items():
         print(f"  {k:12s} {v}")
@@ -122,6 +124,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return score_execute(args)
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from bst_search.extract.cli import execute
+
+    return execute(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bst_search.report import run
+
+    return run(args)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from bst_search.dashboard import serve
+
+    return serve(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bst_search.demo import run_demo
 
@@ -139,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-n", type=int, default=3246)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--audio-n", type=int, default=0,
+                   help="also write audio_demo/: generated clips to try bst-search extract on")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("data", help="load, validate and cache a dataset; print a summary")
@@ -173,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a submission CSV against a label file (official metric)")
     add_score_arguments(s)
     s.set_defaults(func=_cmd_score)
+
+    from bst_search.extract.cli import add_arguments as add_extract_arguments
+
+    s = sub.add_parser("extract", help="audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
+    add_extract_arguments(s)
+    s.set_defaults(func=_cmd_extract)
+
+
+    from bst_search import dashboard, report
+
+    s = sub.add_parser("report", help="self-contained HTML report of a sweep (MLflow + Optuna)")
+    report.add_arguments(s)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("dashboard", help="MLflow UI + optuna-dashboard on a (running) sweep")
+    dashboard.add_arguments(s)
+    s.set_defaults(func=_cmd_dashboard)
 
     s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")
     s.add_argument("--workdir", default="bst-runs/demo")

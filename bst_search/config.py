@@ -135,6 +135,75 @@ SCHEMA: dict[str, Spec] = {
 SECTIONS = ("backbones", "model", "loss", "train", "data", "post", "seed")
 
 
+# Keys that only matter while another key has some value: {key: predicate on the flat
+# resolved configuration}. A key absent here is always in use. Read by :func:`active_keys`.
+_LOSS_SMOOTHED = ("loss.ce", "loss.alpha", "loss.top")
+_CROWD_FILTER_KEYS = {"uploader_cap": ("data.crowd_per_uploader",),
+                      "el2n": ("data.el2n_epochs", "data.el2n_drop")}
+
+
+def _late(f: dict[str, Any]) -> bool:
+    return f["model.name"] == "late_fusion"
+
+
+def _crowd_filters(f: dict[str, Any]) -> set[str]:
+    """The crowd filters a configuration runs (both sides of union/intersection)."""
+    c = f["data.crowd"]
+    return {f["data.crowd_a"], f["data.crowd_b"]} if c in ("union", "intersection") else {c}
+
+
+ACTIVE_WHEN: dict[str, Any] = {
+    "model.batch_norm": lambda f: not _late(f) or f["model.encoder"] == "hatr",
+    "model.res_blocks": lambda f: not _late(f) or f["model.encoder"] == "hatr",
+    "model.encoder": _late,
+    "model.linear_layers": lambda f: _late(f) and f["model.encoder"] == "linear",
+    "model.fusion": _late,
+    "model.heads": lambda f: _late(f) and f["model.fusion"] == "transformer",
+    "model.layers": lambda f: _late(f) and f["model.fusion"] == "transformer",
+    "model.ff_mult": lambda f: _late(f) and f["model.fusion"] == "transformer",
+    "model.pool": lambda f: _late(f) and f["model.fusion"] == "transformer",
+    "model.head": _late,
+    "model.head_depth": _late,
+    "model.proxy_dim": lambda f: _late(f) and f["model.head"] == "proxy",
+    "model.proxy_tau": lambda f: _late(f) and f["model.head"] == "proxy",
+    "loss.label_smoothing": lambda f: any(f[k] > 0 for k in _LOSS_SMOOTHED),
+    "loss.class_weights": lambda f: f["loss.ce"] > 0 or f["loss.focal"] > 0,
+    "loss.coarse": lambda f: f["loss.alpha"] > 0,
+    "loss.focal_gamma": lambda f: f["loss.focal"] > 0,
+    "loss.proxy_margin": lambda f: f["loss.proxy"] > 0,
+    "loss.pa_margin": lambda f: f["loss.proxy_anchor"] > 0,
+    "loss.pa_alpha": lambda f: f["loss.proxy_anchor"] > 0,
+    "loss.supcon_tau": lambda f: f["loss.supcon"] > 0,
+    "loss.knn_k": lambda f: f["loss.knn_distill"] > 0,
+    "loss.knn_tau": lambda f: f["loss.knn_distill"] > 0,
+    "train.step_size": lambda f: f["train.schedule"] == "step",
+    "train.gamma": lambda f: f["train.schedule"] in ("step", "plateau"),
+    "train.plateau_patience": lambda f: f["train.schedule"] == "plateau",
+    "train.mask_p": lambda f: f["train.mask_mode"] != "none",
+    "data.crowd_a": lambda f: f["data.crowd"] in ("union", "intersection"),
+    "data.crowd_b": lambda f: f["data.crowd"] in ("union", "intersection"),
+    "data.crowd_per_uploader": lambda f: "uploader_cap" in _crowd_filters(f),
+    "data.el2n_epochs": lambda f: "el2n" in _crowd_filters(f),
+    "data.el2n_drop": lambda f: "el2n" in _crowd_filters(f),
+    "data.two_stage": lambda f: f["data.crowd"] != "none",
+    "data.pretrain_epochs": lambda f: f["data.crowd"] != "none" and bool(f["data.two_stage"]),
+    "post.knn_k": lambda f: f["post.knn_alpha"] > 0,
+    "post.knn_tau": lambda f: f["post.knn_alpha"] > 0,
+}
+
+
+def active_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flat {dotted key: value} of a resolved configuration without the keys it does not
+    use (``model.fusion`` of a ``hatr`` model, ``train.step_size`` without the step schedule,
+    a loss term's settings at weight 0). MLflow params and per-option comparisons use this, so
+    grouping trials by an option never mixes in trials that have no such option."""
+    flat = flatten(cfg)
+    missing = sorted(set(ACTIVE_WHEN) - set(flat))
+    if missing:
+        raise ConfigError(f"active_keys needs a resolved configuration; missing {', '.join(missing)}")
+    return {k: v for k, v in flat.items() if k not in ACTIVE_WHEN or ACTIVE_WHEN[k](flat)}
+
+
 def defaults() -> dict[str, Any]:
     """The full default configuration as a nested mapping."""
     return unflatten({k: copy.deepcopy(s.default) for k, s in SCHEMA.items()})

@@ -3,7 +3,8 @@
 synthetic dataset in the official layout -> a small Ray Tune + Optuna sweep logged to a local
 MLflow, with 20 % of the development sounds held out from it -> greedy ensemble with its
 honest estimate and its holdout scores -> challenge submission -> its score on the held-out
-synthetic evaluation labels, printed next to both estimates.
+synthetic evaluation labels, printed next to both estimates -> the HTML report
+(``bst-search report``), whose path is the last line printed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEMO_N, DEMO_EVAL_N = 4000, 2000
+DEMO_AUDIO_N = 24  # data/audio_demo: generated clips for `bst-search extract` (README, Extraction)
 DEMO_HOLDOUT = 0.2  # development rows no trial and no selection sees: the end-to-end check
 
 
@@ -28,10 +30,12 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     data = workdir / "data"
     if not (data / "dev").exists():
         print(f"== 1/4 synthetic BST data ({DEMO_N} development, {DEMO_EVAL_N} evaluation sounds) -> {data}")
-        make_synthetic(data, n=DEMO_N, eval_n=DEMO_EVAL_N, seed=0, progress=True)
+        make_synthetic(data, n=DEMO_N, eval_n=DEMO_EVAL_N, seed=0, progress=True,
+                       audio_n=DEMO_AUDIO_N)
     else:
         print(f"== 1/4 synthetic data already in {data}")
-    for old in ("tune", "sweeps", "mlflow.db", "mlartifacts", "optuna.db", "ensembles", "ensemble-cache"):
+    for old in ("tune", "sweeps", "mlflow.db", "mlartifacts", "optuna.db", "ensembles", "ensemble-cache",
+                "report-cache", "reports"):
         p = workdir / old  # the demo owns its work dir: every `make demo` starts a fresh sweep
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -73,4 +77,13 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     print(f"  evaluation - honest = {score['hF'] - hon['mean']:+.4f}; evaluation - holdout (5 "
           f"models, official) = {score['hF'] - avg['hF']:+.4f}")
     print(f"\nsubmission: {out / 'submission.csv'}\nMLflow UI:  {summary['ui']}")
+
+    from bst_search.report import load_sweep, log_to_ensemble_run, write_report
+
+    sweep = load_sweep(experiment, workdir=workdir, eval_labels=data / "eval_labels.csv")
+    path = write_report(sweep, workdir / "reports" / f"{experiment}.html")
+    log_to_ensemble_run(sweep, path)
+    print(f"dashboards: bst-search dashboard --experiment {experiment} --workdir {workdir}")
+    print("the sweep's report (self-contained HTML, also logged with the ensemble run):")
+    print(f"report:     {path}")
     return 0

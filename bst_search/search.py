@@ -146,14 +146,18 @@ class MlflowTrialLogger(tune.Callback):
         if self._client is None:
             self._client = tracking.client(self.uri)
             self._exp_id = tracking.ensure_experiment(self._client, self.experiment, self.workdir, self.uri)
+            tracking.describe_experiment(self._client, self._exp_id, sweep=self.sweep,
+                                         space=self.space, fingerprints=self.fingerprints)
         return self._client
 
     def run_id(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
             cfg = self.space.config({k: v for k, v in trial.config.items() if k in SCHEMA})
+            pgf = getattr(trial, "placement_group_factory", None)
             self._runs[trial.trial_id] = tracking.start_trial_run(
                 self.client, self._exp_id, sweep=self.sweep, trial_id=trial.trial_id, cfg=cfg,
-                fingerprints=self.fingerprints)
+                fingerprints=self.fingerprints,
+                resources=pgf.required_resources if pgf is not None else None)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -195,7 +199,8 @@ class MlflowTrialLogger(tune.Callback):
         if complete:
             with checkpoint.as_directory() as d:
                 tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
-                                          status="FINISHED", bst_status="complete")
+                                          status="FINISHED", bst_status="complete",
+                                          objective=self.space.metric)
         else:
             done = int(result.get("folds_done", 0))
             tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
@@ -376,7 +381,8 @@ def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, to
         key = space.metric if space.metric in frame else "oof_hF_strict"
         frame = frame.sort_values(key, ascending=asc, na_position="last")
     return {"n_finished": len(frame), "n_complete": int((frame.get("status") == "complete").sum()) if len(frame) else 0,
-            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir), "workdir": str(workdir),
+            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir, logger.experiment_id),
+            "workdir": str(workdir),
             "tracking_uri": uri}
 
 
@@ -391,6 +397,8 @@ def print_summary(summary: dict[str, Any], experiment: str) -> None:
     print(f"MLflow UI:     {summary['ui']}")
     print(f"ensemble next: python -m bst_search.ensemble --experiment {experiment} "
           f"--workdir {summary['workdir']}")
+    print(f"report:        bst-search report --experiment {experiment} --workdir {summary['workdir']}"
+          f"   (live: bst-search dashboard --experiment {experiment} --workdir {summary['workdir']})")
 
 
 def run_search_from_args(args: argparse.Namespace) -> int:

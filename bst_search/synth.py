@@ -344,7 +344,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 def make_synthetic(out: Path, *, n: int = 11000, crowd_n: int = 0, eval_n: int = 3246,
                    seed: int = 0, progress: bool = False,
-                   overwrite: bool = False) -> dict[str, Path]:
+                   overwrite: bool = False, audio_n: int = 0) -> dict[str, Path]:
     """Write a synthetic dev (BSD10k-like), optional crowd and evaluation set under ``out``.
 
     Returns the paths ``dev``, ``crowd`` and ``crowd_clean_labels`` (if ``crowd_n > 0``),
@@ -353,13 +353,15 @@ def make_synthetic(out: Path, *, n: int = 11000, crowd_n: int = 0, eval_n: int =
     ever seeing the labels; ``crowd_clean_labels.csv`` (``sound_id,class,true_class``) does
     the same for the crowd label noise, so noise-filtering strategies can be checked.
     Existing non-empty targets are refused unless ``overwrite=True``, which replaces them.
+    ``audio_n > 0`` adds ``audio_demo``: that many generated clips with metadata and no
+    embeddings, for ``bst-search extract`` (``bst_search.extract.demo_audio``).
     """
     if n < 1 or crowd_n < 0 or eval_n < 0:
         raise ValueError(f"need n >= 1, crowd_n >= 0, eval_n >= 0; got {n}, {crowd_n}, {eval_n}")
     out = Path(out)
     targets = {"dev": out / "dev", "crowd": out / "crowd", "eval": out / "eval",
                "eval_labels": out / "eval_labels.csv",
-               "crowd_clean_labels": out / "crowd_clean_labels.csv"}
+               "crowd_clean_labels": out / "crowd_clean_labels.csv", "audio_demo": out / "audio_demo"}
     for p in targets.values():
         _check_target(p, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -450,4 +452,7 @@ def make_synthetic(out: Path, *, n: int = 11000, crowd_n: int = 0, eval_n: int =
         _write_csv(pd.DataFrame({"id": eids, "class": list(codes_e)}), targets["eval_labels"])
         paths["eval"] = ev
         paths["eval_labels"] = targets["eval_labels"]
+    if audio_n > 0:
+        from bst_search.extract.demo_audio import write_audio_demo
+        paths["audio_demo"] = write_audio_demo(targets["audio_demo"], n=audio_n, seed=seed)
     return paths

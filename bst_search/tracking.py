@@ -6,8 +6,9 @@ single writer during a sweep; on a cluster the driver talks to an MLflow trackin
 
 Run schema (DESIGN.md, "Tracking"):
   tags     bst.kind=trial, bst.sweep, bst.trial_id, bst.data_fp, bst.fold_fp, bst.eval_fp,
-           bst.backbones, bst.status (complete | early_stopped | failed | interrupted)
-  params   the flattened resolved configuration (``model.name``, ``train.lr``, ...)
+           bst.backbones, bst.status (complete | early_stopped | failed | interrupted),
+           bst.cpus, bst.gpus; run name "<trial no> <model> [<fusion>/<head>] <objective>"
+  params   the resolved configuration's keys the trial uses (config.active_keys)
   metrics  oof_hF, oof_hF_strict, oof_hP, oof_hR, oof_acc, oof_top_acc, fold_hF_mean,
            fold_hF_std, hF_<code>, timings; fold_hF and fold_hF_strict with step = fold
   artifacts oof.parquet, eval.parquet, holdout.parquet (--holdout-fraction), config.yaml,
@@ -16,6 +17,7 @@ Run schema (DESIGN.md, "Tracking"):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -27,6 +29,10 @@ from bst_search.taxonomy import CODES
 
 KIND, SWEEP, TRIAL_ID, STATUS = "bst.kind", "bst.sweep", "bst.trial_id", "bst.status"
 DATA_FP, FOLD_FP, EVAL_FP, BACKBONES = "bst.data_fp", "bst.fold_fp", "bst.eval_fp", "bst.backbones"
+CPUS, GPUS, RUN_NAME, NOTE = "bst.cpus", "bst.gpus", "mlflow.runName", "mlflow.note.content"
+VIEW_KEY = "bst-sweep"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # MLflow UI: a shareable runs-table view
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # MLflow 3
 ARTIFACTS = ("oof.parquet", "eval.parquet", "holdout.parquet", "config.yaml", "metrics.json")
 SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict", "oof_hR_strict",
                    "oof_acc", "oof_top_acc", "oof_macro_acc", "oof_macro_top_acc", "oof_top2_acc",
@@ -65,14 +71,18 @@ def client(uri: str):
 
 
 def ensure_experiment(cl: Any, name: str, workdir: str | Path, uri: str) -> str:
-    """Experiment id of ``name``, created (with its artifact location) when missing."""
+    """Experiment id of ``name``, created (with its artifact location) when missing, and
+    marked a model-training experiment so that the MLflow UI opens on its runs."""
     exp = cl.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             cl.restore_experiment(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            _with_retry(cl.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return exp.experiment_id
     try:
-        return cl.create_experiment(name, artifact_location=artifact_location(workdir, uri))
+        return cl.create_experiment(name, artifact_location=artifact_location(workdir, uri),
+                                    tags={EXPERIMENT_KIND: MODEL_TRAINING})
     except Exception:  # created concurrently by another process
         exp = cl.get_experiment_by_name(name)
         if exp is None:
@@ -80,16 +90,69 @@ def ensure_experiment(cl: Any, name: str, workdir: str | Path, uri: str) -> str:
         return exp.experiment_id
 
 
-def ui_command(uri: str, workdir: str | Path) -> str:
-    """The command that opens the MLflow UI on this store."""
+def describe_experiment(cl: Any, experiment_id: str, *, sweep: str, space: Any,
+                        fingerprints: dict[str, str]) -> None:
+    """The experiment's description (MLflow's note): what the sweep searches, on which data,
+    and how to read its runs in the UI."""
+    lines = [f"**bst-search sweep `{sweep}`**: one run per trial (5-fold cross-validated), "
+             f"objective {space.mode} `{space.metric}`.", "",
+             f"Data fingerprint `{fingerprints.get('data_fp', '')}`, folds "
+             f"`{fingerprints.get('fold_fp', '')}`, evaluation `{fingerprints.get('eval_fp', '') or '-'}`.",
+             "", "Search space:", "", "```", space.describe(), "```", "",
+             "How to read it: sort by `oof_hF_strict` (the objective: a class never predicted "
+             "counts 0); filter `tags.bst.status = 'complete'`; params hold only the keys a "
+             "trial uses (a `hatr` run has no `model.fusion`); `fold_hF` is plotted per fold "
+             "(step = fold). The run tagged `bst.kind = ensemble` holds the ensemble, its "
+             "honest (nested-CV) estimate, the submission and `report.html`."]
+    _with_retry(cl.set_experiment_tag, experiment_id, NOTE, "\n".join(lines))
+    _with_retry(cl.set_experiment_tag, experiment_id, VIEW_TAG, json.dumps(runs_view(
+        space.metric, space.mode, list(space.params))))
+
+
+def runs_view(metric: str, mode: str, params: list[str]) -> dict[str, Any]:
+    """The runs table a sweep opens on, as an MLflow UI shared view (experiment tag
+    ``mlflow.sharedViewState.<key>``, URL ``viewStateShareKey=<key>``): sorted by the
+    objective, with score, fold spread and the searched options as columns."""
+    metrics = [metric] + [m for m in ("oof_hF_strict", "oof_hF", "fold_hF_std", "oof_top_acc")
+                          if m != metric]
+    cols = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params[:10]]
+            + [f"tags.`{STATUS}`"])
+    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
+            "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
+            "datasetsFilter": [], "selectedColumns": cols}
+
+
+def run_name(trial_id: str, cfg: dict[str, Any], value: float | None = None) -> str:
+    """A run name a person can scan: trial number, model, fusion/head, objective value."""
+    m = cfg["model"]
+    model = f"{m['name']} {m['fusion']}/{m['head']}" if m["name"] == "late_fusion" else m["name"]
+    short = trial_id.rsplit("_", 1)[-1]
+    return f"{short} {model}" + (f" {value:.4f}" if value is not None else "")
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI at ``base`` (e.g. http://127.0.0.1:5000).
+    ``workflowType``: MLflow 3.17's UI shows a global GenAI / Model training switch that
+    overrides the experiment kind and starts on GenAI in a new browser; ``viewStateShareKey``
+    opens the sweep's view (:func:`runs_view`)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
+def ui_command(uri: str, workdir: str | Path, experiment_id: str | None = None) -> str:
+    """The command that opens the MLflow UI on this store (and the experiment's runs page)."""
     if uri.startswith("sqlite:"):
         art = artifact_location(workdir, uri)
-        return f"mlflow ui --backend-store-uri {uri} --default-artifact-root {art} --port 5000"
-    return f"open {uri} in a browser"
+        cmd = f"mlflow ui --backend-store-uri {uri} --default-artifact-root {art} --port 5000"
+        base = "http://127.0.0.1:5000"
+    else:
+        cmd, base = f"open {uri} in a browser", uri
+    return cmd + (f"\n               then open {runs_url(base, experiment_id)}"
+                  if experiment_id is not None else "")
 
 
 def _params(cfg: dict[str, Any]) -> dict[str, str]:
-    flat = config_mod.flatten(cfg)
+    flat = config_mod.active_keys(cfg)  # only what this trial uses
     return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in flat.items()}
 
 
@@ -126,14 +189,18 @@ def find_runs(cl: Any, experiment_id: str, *, kind: str = "trial", sweep: str | 
 
 
 def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
-                    cfg: dict[str, Any], fingerprints: dict[str, str]) -> str:
-    """Create the RUNNING run of one trial attempt, with its tags and params."""
+                    cfg: dict[str, Any], fingerprints: dict[str, str],
+                    resources: dict[str, float] | None = None) -> str:
+    """Create the RUNNING run of one trial attempt, with its tags and params (``resources``:
+    the trial's CPUs and GPUs, tagged bst.cpus and bst.gpus for the report's hours)."""
+    resources = {CPUS if k.lower() == "cpu" else GPUS: v for k, v in (resources or {}).items()
+                 if k.lower() in ("cpu", "gpu")}
     from mlflow.entities import Param, RunTag
 
     tags = {KIND: "trial", SWEEP: sweep, TRIAL_ID: trial_id, STATUS: "running",
             DATA_FP: fingerprints.get("data_fp", ""), FOLD_FP: fingerprints.get("fold_fp", ""),
             EVAL_FP: fingerprints.get("eval_fp", ""), BACKBONES: ",".join(cfg["backbones"]),
-            "mlflow.runName": f"{trial_id} {cfg['model']['name']}"}
+            RUN_NAME: run_name(trial_id, cfg), **{k: str(v) for k, v in (resources or {}).items()}}
     run = _with_retry(cl.create_run, experiment_id, tags=tags)
     params = [Param(k, v) for k, v in _params(cfg).items()]
     _with_retry(cl.log_batch, run.info.run_id, params=params,
@@ -154,7 +221,7 @@ def log_fold(cl: Any, run_id: str, info: dict[str, Any]) -> None:
 
 def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,
                      artifacts_dir: str | Path | None, status: str, bst_status: str,
-                     note: str = "") -> None:
+                     note: str = "", objective: str = "oof_hF_strict") -> None:
     """Log a trial's final metrics and artifacts, then close the run with ``status``."""
     from mlflow.entities import Metric, RunTag
 
@@ -169,6 +236,10 @@ def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,
             if isinstance(v, float) and v == v:  # NaN for a class absent from the truth
                 ms.append(Metric(f"hF_{c}", v, now, 0))
     tags = [RunTag(STATUS, bst_status)] + ([RunTag("bst.note", note[:4000])] if note else [])
+    value = (metrics or {}).get(objective)
+    if isinstance(value, (int, float)):  # the objective joins the run's name
+        name = _with_retry(cl.get_run, run_id).data.tags.get(RUN_NAME, "")
+        tags.append(RunTag(RUN_NAME, f"{name} {float(value):.4f}".strip()))
     _with_retry(cl.log_batch, run_id, metrics=ms, tags=tags)
     if artifacts_dir is not None:
         for name in ARTIFACTS:

@@ -60,3 +60,111 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """
     out = tmp_path_factory.mktemp("tiny-data")
     return make_synthetic(out, n=800, crowd_n=300, eval_n=200, seed=0)
+
+
+# --------------------------------------------------------------------------- sweeps and browsers
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--window-size=1400,1000")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_lines(proc, needle: str, timeout: float) -> str:
+    """Read a subprocess's stdout until a line contains ``needle``; all text read so far.
+
+    A reader thread owns the pipe (select() on a buffered pipe misses lines already read
+    into the buffer); the lines read stay in ``proc.lines`` for a later call.
+    """
+    import queue
+    import threading
+    import time
+
+    if not hasattr(proc, "lines"):
+        proc.lines = queue.Queue()
+
+        def pump() -> None:
+            for line in proc.stdout:
+                proc.lines.put(line)
+            proc.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+    text, deadline = "", time.time() + timeout
+    while time.time() < deadline:
+        try:
+            line = proc.lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        text += line
+        if needle in line:
+            return text
+    raise AssertionError(f"no line with {needle!r} within {timeout:.0f} s; output:\n{text[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests save screenshots: $BST_TEST_ARTIFACTS, else a temporary folder."""
+    env = os.environ.get("BST_TEST_ARTIFACTS")
+    path = Path(env) if env else tmp_path_factory.mktemp("browser-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test screenshots: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chrome(tmp_path_factory: pytest.TempPathFactory):
+    """Debian's headless Chromium driven by selenium through chromium-driver (no download);
+    skipped, with the reason, on a machine without them."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"browser checks skipped: {', '.join(missing)} not installed "
+                    f"(apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("browser checks skipped: selenium is not installed (pip install -e .[dev])")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real smoke sweep of 4 trials through the CLI, then its ensemble (for the report,
+    dashboard and browser tests)."""
+    import subprocess
+    import sys
+
+    from bst_search.ensemble import main as ensemble_main
+
+    root = Path(__file__).resolve().parents[1]
+    wd = tmp_path_factory.mktemp("small-sweep")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BST_OPTUNA_STORAGE")}
+    cmd = [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
+           "--eval-data", str(tiny_data["eval"]), "--space", str(root / "search_spaces" / "smoke.yaml"),
+           "--experiment", "rep", "--trials", "4", "--workdir", str(wd)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rc = ensemble_main(["--experiment", "rep", "--workdir", str(wd), "--eval-data",
+                        str(tiny_data["eval"]), "--sk-epochs", "5", "--max-shift", "0.5"])
+    assert rc == 0
+    return {"workdir": wd, "uri": f"sqlite:///{wd / 'mlflow.db'}", "experiment": "rep",
+            "sweep_output": r.stdout, "eval_labels": tiny_data["eval_labels"]}

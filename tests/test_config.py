@@ -93,3 +93,33 @@ def test_every_option_combination_in_the_mesh_space_validates() -> None:
                              "data.crowd": "intersection", "data.crowd_b": "uploader_cap",
                              "data.two_stage": True, "post.knn_alpha": 0.2, "post.ckpt_avg": 3})
     assert cfg["post"] == {"knn_alpha": 0.2, "knn_k": 10, "knn_tau": 0.1, "ckpt_avg": 3}
+
+
+def test_active_keys_drop_what_a_trial_does_not_use() -> None:
+    hatr = config.active_keys(config.load("baseline_hatr"))
+    assert hatr["model.name"] == "hatr"
+    for key in ("model.fusion", "model.head", "model.encoder", "model.heads", "model.pool",
+                "model.proxy_tau", "loss.coarse", "loss.focal_gamma", "data.crowd_a",
+                "data.pretrain_epochs", "post.knn_k", "train.plateau_patience"):
+        assert key not in hatr, key
+    assert {"model.res_blocks", "model.batch_norm", "train.step_size", "train.gamma",
+            "loss.label_smoothing", "data.crowd"} <= set(hatr)
+
+    late = config.active_keys(config.load("late_fusion", {
+        "model.fusion": "attention", "model.head": "proxy", "loss.proxy": 1.0,
+        "train.schedule": "plateau", "data.crowd": "union", "data.crowd_a": "uploader_cap",
+        "data.crowd_b": "el2n", "post.knn_alpha": 0.2, "train.mask_mode": "none"}))
+    assert {"model.fusion", "model.head", "model.proxy_tau", "loss.proxy_margin",
+            "train.plateau_patience", "train.gamma", "data.crowd_per_uploader",
+            "data.el2n_drop", "data.two_stage", "post.knn_k"} <= set(late)
+    for key in ("model.heads", "model.layers", "train.step_size", "train.mask_p",
+                "data.pretrain_epochs", "loss.pa_margin", "model.res_blocks"):
+        assert key not in late, key
+    everything = config.flatten(config.load("late_fusion"))
+    assert set(config.active_keys(config.load("late_fusion"))) < set(everything)
+    assert set(config.ACTIVE_WHEN) <= set(config.SCHEMA)
+
+
+def test_active_keys_need_a_resolved_configuration() -> None:
+    with pytest.raises(config.ConfigError, match="resolved configuration"):
+        config.active_keys({"model": {"name": "hatr"}})

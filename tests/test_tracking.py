@@ -91,3 +91,28 @@ def test_close_interrupted_marks_running_runs_killed(tmp_path):
 @pytest.mark.parametrize("uri", ["sqlite:///x.db"])
 def test_ui_command_names_the_store(uri, tmp_path):
     assert uri in tracking.ui_command(uri, tmp_path)
+
+
+def test_ui_contract_kind_names_active_params_and_runs_url(tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    cl = tracking.client(uri)
+    exp = tracking.ensure_experiment(cl, "ui", tmp_path, uri)
+    assert cl.get_experiment(exp).tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    hatr = tracking.start_trial_run(cl, exp, sweep="s", trial_id="ab12_00003",
+                                    cfg=config.load("baseline_hatr"), fingerprints={},
+                                    resources={"CPU": 2.0, "GPU": 0.5})
+    tracking.finish_trial_run(cl, hatr, metrics={"oof_hF_strict": 0.61234}, artifacts_dir=None,
+                              status="FINISHED", bst_status="complete")
+    run = cl.get_run(hatr)
+    assert run.info.run_name == "00003 hatr 0.6123"
+    assert "model.fusion" not in run.data.params and "model.head" not in run.data.params
+    assert (run.data.tags[tracking.CPUS], run.data.tags[tracking.GPUS]) == ("2.0", "0.5")
+    late = tracking.start_trial_run(cl, exp, sweep="s", trial_id="t9",
+                                    cfg=config.load("late_fusion", {"model.fusion": "gated"}),
+                                    fingerprints={})
+    assert cl.get_run(late).info.run_name == "t9 late_fusion gated/flat"
+    assert cl.get_run(late).data.params["model.fusion"] == "gated"
+    assert tracking.runs_url("http://h:5000/", exp).startswith(
+        f"http://h:5000/#/experiments/{exp}/runs?workflowType=machine_learning")
+    assert "then open http://127.0.0.1:5000/#/experiments/7/runs" in \
+        tracking.ui_command("sqlite:///x.db", tmp_path, "7")
