@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= bst-runs/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-cluster lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ venv: $(BIN)/.installed
 
 test: venv
 	$(BIN)/ruff check bst_search tests benchmarks launch
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not cluster"
+
+# A three-node Ray cluster with S3 (moto), PostgreSQL and an MLflow server, node/head/MLflow
+# loss mid-sweep, and ray up -> ray submit -> ray down over ssh (needs openssh-server).
+test-cluster: venv
+	$(BIN)/python -m pytest -q tests -m cluster --durations=0
 
 demo: venv
 	$(BIN)/bst-search demo --workdir $(DEMO_DIR)

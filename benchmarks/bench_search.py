@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from bst_search import tracking
-from bst_search.search import run_search
+from bst_search.search import build_parser, run_search
 from bst_search.synth import make_synthetic
 
 SPACE = {
@@ -45,12 +45,10 @@ def main() -> None:
         space = tmp / "space.yaml"
         SPACE["fixed"]["train.max_epochs"] = a.epochs
         space.write_text(yaml.safe_dump(SPACE))
-        args = argparse.Namespace(
-            data=str(data["dev"]), eval_data=None, crowd_data=None, space=str(space),
-            experiment="bench", trials=a.trials, concurrency=a.concurrency, cpus_per_trial=1,
-            gpus_per_trial=0, workdir=str(tmp / "runs"), tracking_uri=None, optuna_storage=None,
-            tune_storage=None, address=None, resume=False, scheduler=None, folds=5, seed=0,
-            max_failures=0, missing="error", sampler="tpe", warm_start=None, warm_start_n=5)
+        args = build_parser().parse_args([
+            "--data", str(data["dev"]), "--space", str(space), "--experiment", "bench",
+            "--trials", str(a.trials), "--concurrency", str(a.concurrency), "--cpus-per-trial", "1",
+            "--gpus-per-trial", "0", "--workdir", str(tmp / "runs"), "--max-failures", "0"])
         t0 = time.perf_counter()
         summary = run_search(args)
         total = time.perf_counter() - t0

@@ -8,48 +8,10 @@ data-only commands start quickly.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-def add_search_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``bst-search search`` and ``launch/search.py``."""
-    p.add_argument("--data", required=True, help="development dataset root (official layout)")
-    p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
-    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
-    p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
-    p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, help="override the space's resources.cpu")
-    p.add_argument("--gpus-per-trial", type=float, help="override the space's resources.gpu")
-    p.add_argument("--workdir", default=os.environ.get("BST_WORKDIR", "bst-runs"),
-                   help="holds mlflow.db, mlartifacts/, optuna.db, tune/ and the feature cache")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the work dir)")
-    p.add_argument("--tune-storage", help="Ray Tune storage shared by all nodes (s3://... or NFS); "
-                   "default: $BST_TUNE_STORAGE, else <workdir>/tune")
-    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: $BST_OPTUNA_STORAGE, else "
-                   "sqlite:///<workdir>/optuna.db)")
-    p.add_argument("--address", help="Ray address ('auto' on a running cluster); default: local Ray")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    p.add_argument("--scheduler", choices=("asha", "median", "none"),
-                   help="early stopping on per-fold results (default: the space's, else asha)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
-                   help="set a stratified fraction F of the development rows aside before the "
-                        "folds are drawn: no trial trains, validates or is scored on it, no "
-                        "ensemble selection sees it; the ensemble scores it once (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    p.add_argument("--sampler", choices=("tpe", "random", "gp"), default="tpe",
-                   help="Optuna sampler: constant-liar TPE (default), random, or Gaussian process")
-    p.add_argument("--warm-start", metavar="EXPERIMENT",
-                   help="first evaluate the best configurations of this earlier experiment")
-    p.add_argument("--warm-start-n", type=int, default=5, metavar="N",
-                   help="how many of them (default 5)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
-    p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
-
+from bst_search.search import add_search_arguments
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -182,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_trial)
 
     s = sub.add_parser("search", help="run a Ray Tune + Optuna sweep")
-    add_search_arguments(s)
+    add_search_arguments(s)  # the parser lives with its command (bst_search.search)
     s.set_defaults(func=_cmd_search)
 
     from bst_search.ensemble.cli import add_arguments

@@ -9,7 +9,6 @@ synthetic evaluation labels, printed next to both estimates -> the HTML report
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ DEMO_HOLDOUT = 0.2  # development rows no trial and no selection sees: the end-t
 def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     from bst_search.ensemble import main as ensemble_main
     from bst_search.ensemble.submission import score_submission
-    from bst_search.search import print_summary, run_search
+    from bst_search.search import build_parser, print_summary, run_search
     from bst_search.synth import make_synthetic
 
     workdir = workdir.resolve()
@@ -41,13 +40,10 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
 
     print(f"== 2/4 sweep: {trials} trials of search_spaces/demo.yaml with Ray Tune + Optuna "
           f"({DEMO_HOLDOUT:.0%} of the development sounds held out from the search)")
-    args = argparse.Namespace(
-        data=str(data / "dev"), eval_data=str(data / "eval"), crowd_data=None,
-        space=str(SPACES / "demo.yaml"), experiment=experiment, trials=trials, concurrency=None,
-        cpus_per_trial=None, gpus_per_trial=None, workdir=str(workdir), tracking_uri=None,
-        optuna_storage=None, tune_storage=None, address=None, resume=False, scheduler=None,
-        folds=5, seed=0, holdout_fraction=DEMO_HOLDOUT,
-        max_failures=2, missing="error", sampler="tpe", warm_start=None, warm_start_n=5)
+    args = build_parser().parse_args([
+        "--data", str(data / "dev"), "--eval-data", str(data / "eval"),
+        "--space", str(SPACES / "demo.yaml"), "--experiment", experiment, "--trials", str(trials),
+        "--workdir", str(workdir), "--holdout-fraction", str(DEMO_HOLDOUT)])
     summary = run_search(args)
     print_summary(summary, experiment)
 

@@ -33,6 +33,7 @@ import pandas as pd
 
 from bst_search import config as config_mod
 from bst_search import tracking
+from bst_search.redact import mask_url
 from bst_search.taxonomy import CODES, NAMES, TOP_LEVELS, TOP_NAMES, top_of
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
@@ -170,25 +171,31 @@ def _snapshot_storage() -> Any:
     return Snapshot()
 
 
-def _load_study(storage: str | None, sweep_id: str | None, missing: list[str]) -> Any:
+def _load_study(storage: str | None, names: list[str], missing: list[str]) -> Any:
+    """The sweep's Optuna study: named after the experiment (sweeps since the shared-state
+    driver), else after the sweep id (older sweeps)."""
     import optuna
 
-    if not sweep_id:
+    if not names:
         missing.append("Optuna study: the trial runs carry no bst.sweep tag")
         return None
     if storage is None:
         missing.append("Optuna study: no storage found (pass --optuna-storage)")
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        stored = optuna.load_study(study_name=sweep_id, storage=read_only_sqlite(storage))
-        trials = stored.get_trials(deepcopy=False)
-    except Exception as exc:  # KeyError for an unknown study, sqlalchemy errors for the URL
-        missing.append(f"Optuna study {sweep_id!r} not readable in {storage}: "
-                       f"{str(exc).splitlines()[0][:200]}")
+    errors = []
+    for name in names:
+        try:
+            stored = optuna.load_study(study_name=name, storage=read_only_sqlite(storage))
+            trials = stored.get_trials(deepcopy=False)
+            break
+        except Exception as exc:  # KeyError for an unknown study, sqlalchemy errors for the URL
+            errors.append(f"{name!r}: {str(exc).splitlines()[0][:200]}")
+    else:
+        missing.append(f"Optuna study not readable in {mask_url(storage)}: {'; '.join(errors)}")
         return None
     # one read of the database: the figures query the trials many times (in memory)
-    study = optuna.create_study(study_name=sweep_id, directions=stored.directions,
+    study = optuna.create_study(study_name=name, directions=stored.directions,
                                 storage=_snapshot_storage())
     study.add_trials(trials)
     return study
@@ -243,13 +250,10 @@ def load_sweep(experiment: str, *, tracking_uri: str | None = None, workdir: str
                        f"per-option and per-class sections need complete trials")
     sweeps = trials["sweep"].value_counts() if len(trials) else pd.Series(dtype=int)
     sweep_id = str(sweeps.index[0]) if len(sweeps) else None
-    state = workdir / "sweeps" / f"{experiment}.json"
-    if sweep_id is None and state.exists():
-        sweep_id = json.loads(state.read_text()).get("sweep")
     storage = optuna_storage or os.environ.get("BST_OPTUNA_STORAGE")
     if storage is None and (workdir / "optuna.db").exists():
         storage = f"sqlite:///{workdir / 'optuna.db'}"
-    study = _load_study(storage, sweep_id, missing)
+    study = _load_study(storage, [experiment] + ([sweep_id] if sweep_id else []), missing)
     metric, mode = "oof_hF_strict", "max"
     if study is not None:
         mode = "min" if study.direction.name == "MINIMIZE" else "max"

@@ -2,23 +2,28 @@
 
 How the pieces fit:
 * the development (and evaluation, crowd) data are loaded once, validated and put into
-  Ray's object store with ``tune.with_parameters``; every trial reads them from there;
+  Ray's object store with ``tune.with_parameters``; every trial reads them from there, and the
+  search space travels with its base configuration resolved (workers read nothing from the
+  driver's disk);
 * ``OptunaSearch`` (TPE, seeded) asks the search space's define-by-run function for each
-  trial, and keeps its study in Optuna RDB storage (SQLite file here, PostgreSQL on a cluster);
-* a trial reports after every fold (running strict hF) with a checkpoint holding its
-  finished folds, so ASHA / median stopping can stop poor trials early, and a retried or
-  resumed trial continues from its last finished fold;
-* :class:`MlflowTrialLogger`, a Tune callback in the driver process, opens one MLflow run
-  per trial, logs per-fold values as steps and, when the trial ends, its metrics and
-  artifacts from the final checkpoint. Only the driver writes, so a SQLite store is safe.
-* ``--resume`` restores the Tune experiment from its storage, marks runs that were open
-  when the previous driver died KILLED, and reconciles MLflow and Optuna with Tune at the end.
+  trial, and keeps its study in Optuna RDB storage (SQLite file here, PostgreSQL on a
+  cluster); the database URL never enters the pickled searcher state
+  (:mod:`bst_search.optuna_searcher`);
+* a trial reports after every fold the running value of the space's own objective, with a
+  checkpoint holding its finished folds, so ASHA / median stopping can stop poor trials early
+  (Optuna is told PRUNED), and a retried or resumed trial continues from its last finished fold;
+  its device and threads are the resources Ray assigned it, and it reports the node it ran on;
+* :class:`~bst_search.sweep_logger.MlflowTrialLogger`, a Tune callback in the driver process,
+  opens one MLflow run per trial and queues its writes to background threads;
+* the sweep's identity (id, fingerprints, space hash, fixed arguments) and a lease live in the
+  Optuna database (:mod:`bst_search.sweep_state`), the Tune state in ``--tune-storage``: a
+  ``--resume`` from any machine that reaches both continues the sweep; Ctrl-C leaves it
+  resumable (interrupted runs end KILLED), and ``--resume --trials N+M`` extends a finished one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -34,13 +39,74 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from ray import tune  # noqa: E402
-
-from bst_search import tracking
-from bst_search.config import SCHEMA
-from bst_search.sampling import ValidOptunaSearch, concurrency_of, make_sampler, warm_start_points
+from bst_search.config import SCHEMA  # noqa: E402
 
 FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<marker file>"
+FAIL_ENV = "BST_FAULT_RAISE_AT_FOLD"  # fault injection for tests: every attempt raises there
+TRIALS_DEFAULT, FOLDS_DEFAULT, SEED_DEFAULT = 20, 5, 0
+INTERRUPTED_RC = 130
+SYNC_ENV = "BST_TUNE_SYNC_S"  # seconds between uploads of Tune's experiment state to its storage
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``bst-search search`` and ``launch/search.py``.
+
+    Those a sweep fixes (``--folds``, ``--seed``, ``--concurrency``, ``--scheduler``, the
+    resources, ``--tracking-uri``, ``--tune-storage``) default to the stored sweep's values on
+    ``--resume``; a different explicit value is refused.
+    """
+    p.add_argument("--data", required=True, help="development dataset root (official layout)")
+    p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
+    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
+    p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
+    p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
+    p.add_argument("--trials", type=int,
+                   help=f"trials in the sweep (default {TRIALS_DEFAULT}; with --resume, more "
+                        "than before extends the sweep)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, help="override the space's resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, help="override the space's resources.gpu")
+    p.add_argument("--workdir", default=os.environ.get("BST_WORKDIR", "bst-runs"),
+                   help="holds mlflow.db, mlartifacts/, optuna.db, tune/ and the feature cache")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else SQLite in the work dir)")
+    p.add_argument("--tune-storage", help="Ray Tune storage every node writes: s3://BUCKET/PREFIX"
+                   "[?endpoint_override=HOST:PORT], gs://BUCKET/PREFIX, or a path / file:// URI "
+                   "(with --address only with --shared-fs); default: $BST_TUNE_STORAGE, else "
+                   "<workdir>/tune")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="a path --tune-storage is mounted on every node (NFS, or all nodes on "
+                        "one machine): allow it with --address")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL (default: $BST_OPTUNA_STORAGE, else "
+                   "sqlite:///<workdir>/optuna.db); keep passwords out of the command line: "
+                   "$BST_OPTUNA_STORAGE or $PGPASSWORD")
+    p.add_argument("--address", help="join this Ray cluster ('auto': the one started on this "
+                   "machine); default: a private local Ray")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep from the shared state (study, Tune storage)")
+    p.add_argument("--scheduler", choices=("asha", "median", "none"),
+                   help="early stopping on per-fold results (default: the space's, else asha)")
+    p.add_argument("--folds", type=int, help=f"cross-validation folds (default {FOLDS_DEFAULT})")
+    p.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
+                   help="set a stratified fraction F of the development rows aside before the "
+                        "folds are drawn: no trial trains, validates or is scored on it, no "
+                        "ensemble selection sees it; the ensemble scores it once (default 0)")
+    p.add_argument("--seed", type=int, help=f"seed of the sampler (default {SEED_DEFAULT})")
+    p.add_argument("--sampler", choices=("tpe", "random", "gp"),
+                   help="Optuna sampler: constant-liar TPE (default), random, or Gaussian process")
+    p.add_argument("--warm-start", metavar="EXPERIMENT",
+                   help="first evaluate the best configurations of this earlier experiment")
+    p.add_argument("--warm-start-n", type=int, default=5, metavar="N",
+                   help="how many of them (default 5)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
+    p.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bst-search search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_search_arguments(p)
+    return p
 
 
 # --------------------------------------------------------------------------- trial side
@@ -50,15 +116,32 @@ def _report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _assigned_device() -> tuple[str, int, str]:
+    """(torch device, torch threads, node id) from what Ray assigned this trial."""
+    import ray
+    import torch
+    from ray import tune
+
+    from bst_search.training import assigned_device, assigned_threads
+
+    ctx = ray.get_runtime_context()
+    gpus = ctx.get_accelerator_ids().get("GPU", [])
+    device = assigned_device(gpus, cuda_available=bool(gpus) and torch.cuda.is_available(),
+                             visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    return device, assigned_threads(cpus), ctx.get_node_id()
+
+
 def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, space: Any,
              n_folds: int, holdout_fraction: float = 0.0) -> None:
     """Ray Tune function trainable: one cross-validated trial, reporting after every fold."""
     import torch
+    from ray import tune
 
     from bst_search.trial import run_trial
 
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    device, threads, node = _assigned_device()
+    torch.set_num_threads(threads)
     cfg = space.config({k: v for k, v in params.items() if k in SCHEMA})
     metric = space.metric
     work = Path(tempfile.mkdtemp(prefix="bst-trial-"))
@@ -67,13 +150,18 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
         if ckpt is not None:  # retried or resumed: continue from the last finished fold
             with ckpt.as_directory() as d:
                 shutil.copytree(d, work, dirs_exist_ok=True)
-        fault = os.environ.get(FAULT_ENV, "")
+        fault, fail_at = os.environ.get(FAULT_ENV, ""), os.environ.get(FAIL_ENV, "")
+        resumed = 0
 
         def on_fold(info: dict[str, Any]) -> None:
+            nonlocal resumed
+            resumed += bool(info["resumed"])
+            if fail_at and int(fail_at) == info["fold"]:
+                raise RuntimeError(f"injected failure after fold {info['fold']} ({FAIL_ENV})")
             if info["resumed"] or info["folds_done"] == n_folds:
                 return  # reported before this restart / reported with the outputs below
-            tune.report({**info, metric: info["running_hF_strict"], "trial_status": "running"},
-                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+            tune.report({**info, metric: info[f"running_{metric}"], "trial_status": "running",
+                         "node": node}, checkpoint=tune.Checkpoint.from_directory(str(work)))
             if fault:
                 at, marker = fault.split(":", 1)
                 if int(at) == info["fold"] and not Path(marker).exists():
@@ -81,12 +169,13 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
                     os._exit(17)  # the worker process dies without cleanup
 
         metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
-                            on_fold=on_fold, holdout_fraction=holdout_fraction)
+                            device=device, on_fold=on_fold, holdout_fraction=holdout_fraction)
         last = metrics["folds"][-1]
         per_fold = {f"fold{r['fold']}_{k}": r[k] for r in metrics["folds"] for k in ("hF", "hF_strict")}
         final = {**_report_metrics(metrics), **per_fold, "fold": last["fold"], "folds_done": n_folds,
                  "fold_hF": last["hF"], "fold_hF_strict": last["hF_strict"],
-                 "running_hF_strict": metrics["fold_hF_strict_mean"], "trial_status": "complete"}
+                 "running_hF_strict": metrics["fold_hF_strict_mean"], "folds_resumed": resumed,
+                 "trial_status": "complete", "node": node}
         if metric not in final:
             raise KeyError(f"objective metric {metric!r} is not produced by a trial")
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
@@ -95,118 +184,6 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
 
 
 # --------------------------------------------------------------------------- driver side
-
-
-class ResumableOptunaSearch(ValidOptunaSearch):
-    """``OptunaSearch`` whose RDB study may be ahead of Tune's restored experiment state.
-
-    When the driver dies between a trial's completion (told to the study at once) and the
-    next save of Tune's experiment state, the resumed sweep replays that trial from its last
-    checkpoint; the study already holds its final value, which is kept.
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-
-
-class MlflowTrialLogger(tune.Callback):
-    """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
-
-    def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
-                 fingerprints: dict[str, str], space: Any, n_folds: int) -> None:
-        self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep
-        self.fingerprints, self.space, self.n_folds = fingerprints, space, n_folds
-        self._client: Any = None
-        self._exp_id: str | None = None
-        self._runs: dict[str, str] = {}
-        self._done: set[str] = set()  # trials whose FINISHED run exists (replayed on resume)
-        self._folds_logged: dict[str, set[int]] = {}
-
-    def __getstate__(self) -> dict[str, Any]:  # pickled with the Tune experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set(), "_folds_logged": {}}
-
-    def _finished_before(self, trial_id: str) -> bool:
-        if trial_id not in self._done and tracking.find_runs(
-                self.client, self._exp_id, sweep=self.sweep, trial_id=trial_id, status="FINISHED"):
-            self._done.add(trial_id)
-        return trial_id in self._done
-
-    @property
-    def experiment_id(self) -> str:
-        self.client  # noqa: B018 - creates the experiment on first use
-        return self._exp_id
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = tracking.client(self.uri)
-            self._exp_id = tracking.ensure_experiment(self._client, self.experiment, self.workdir, self.uri)
-            tracking.describe_experiment(self._client, self._exp_id, sweep=self.sweep,
-                                         space=self.space, fingerprints=self.fingerprints)
-        return self._client
-
-    def run_id(self, trial: Any) -> str:
-        if trial.trial_id not in self._runs:
-            cfg = self.space.config({k: v for k, v in trial.config.items() if k in SCHEMA})
-            pgf = getattr(trial, "placement_group_factory", None)
-            self._runs[trial.trial_id] = tracking.start_trial_run(
-                self.client, self._exp_id, sweep=self.sweep, trial_id=trial.trial_id, cfg=cfg,
-                fingerprints=self.fingerprints,
-                resources=pgf.required_resources if pgf is not None else None)
-        return self._runs[trial.trial_id]
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self._finished_before(trial.trial_id):
-            self.run_id(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "fold" in result and not self._finished_before(trial.trial_id):
-            tracking.log_fold(self.client, self.run_id(trial), result)
-            self._folds_logged.setdefault(trial.trial_id, set()).add(int(result["fold"]))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        note = str(getattr(trial, "error_file", "") or "")
-        tracking.finish_trial_run(self.client, run_id, metrics=None, artifacts_dir=None,
-                                  status="FAILED", bst_status="failed", note=note)
-        self._runs.pop(trial.trial_id, None)
-
-    def finish(self, trial_id: str, result: dict[str, Any], checkpoint: Any) -> None:
-        """Close a trial's run as FINISHED, once: complete with artifacts, or early-stopped."""
-        cl = self.client
-        if self._finished_before(trial_id):
-            self._runs.pop(trial_id, None)
-            return
-        run_id = self._runs.pop(trial_id, None)
-        if run_id is None:
-            cfg = self.space.config({k: v for k, v in result.get("config", {}).items() if k in SCHEMA})
-            run_id = tracking.start_trial_run(cl, self._exp_id, sweep=self.sweep, trial_id=trial_id,
-                                              cfg=cfg, fingerprints=self.fingerprints)
-        complete = result.get("trial_status") == "complete" and checkpoint is not None
-        logged = self._folds_logged.pop(trial_id, set())
-        for k in range(self.n_folds):  # folds finished before a restart, into this run too
-            if k not in logged and f"fold{k}_hF" in result:
-                tracking.log_fold(cl, run_id, {"fold": k, "fold_hF": result[f"fold{k}_hF"],
-                                               "fold_hF_strict": result[f"fold{k}_hF_strict"]})
-        if complete:
-            with checkpoint.as_directory() as d:
-                tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
-                                          status="FINISHED", bst_status="complete",
-                                          objective=self.space.metric)
-        else:
-            done = int(result.get("folds_done", 0))
-            tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
-                                      status="FINISHED", bst_status="early_stopped",
-                                      note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
-        self._done.add(trial_id)
 
 
 def _scheduler(name: str, metric: str, mode: str, n_folds: int):
@@ -221,39 +198,59 @@ def _scheduler(name: str, metric: str, mode: str, n_folds: int):
     return FIFOScheduler()
 
 
-def _sweep_state(workdir: Path, experiment: str) -> Path:
-    return workdir / "sweeps" / f"{experiment}.json"
+def _fixed_args(args: argparse.Namespace, space: Any, workdir: Path,
+                stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The arguments a sweep fixes: the explicit flag, else its environment variable, else
+    (on --resume) the stored sweep's value, else the default."""
+    from bst_search import tracking
+    from bst_search.redact import mask_url
+
+    old = (stored or {}).get("args", {})
+
+    def pick(key: str, given: Any, default: Any) -> Any:
+        return given if given is not None else old.get(key, default)
+
+    tracking_given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = tracking_given or (old.get("tracking_uri") if stored else None) or tracking.tracking_uri(workdir)
+    tune_given = args.tune_storage or os.environ.get("BST_TUNE_STORAGE")
+    return {
+        "folds": pick("folds", args.folds, FOLDS_DEFAULT),
+        "seed": pick("seed", args.seed, SEED_DEFAULT),
+        "sampler": pick("sampler", args.sampler, "tpe"),
+        "concurrency": pick("concurrency", args.concurrency, None),
+        "scheduler": pick("scheduler", args.scheduler, space.scheduler),
+        "cpus_per_trial": pick("cpus_per_trial", args.cpus_per_trial, space.resources.get("cpu", 1.0)),
+        "gpus_per_trial": pick("gpus_per_trial", args.gpus_per_trial, space.resources.get("gpu", 0.0)),
+        "tracking_uri": mask_url(tracking_uri),
+        "tune_storage": mask_url(tune_given or old.get("tune_storage") or str(workdir / "tune")),
+        "_tracking_uri": tracking_uri,  # unmasked, for this process only (not stored)
+    }
 
 
-def _reconcile(logger: MlflowTrialLogger, results: Any, storage_url: str, study_name: str) -> dict[str, int]:
-    """Make MLflow and Optuna agree with Tune after the run (or after a crash and resume)."""
-    finished = 0
-    for res in results:
-        trial_id = (res.metrics or {}).get("trial_id")
-        if not trial_id:
-            continue
-        if res.error is None:
-            logger.finish(trial_id, {**res.metrics, "config": res.config}, res.checkpoint)
-            finished += 1
-    killed = tracking.close_interrupted(logger.client, logger.experiment_id, logger.sweep)
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
-    stale = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # orphaned by a crash
-        stale += 1
-    return {"finished": finished, "killed": len(killed), "optuna_stale": stale}
-
-
-def run_search(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) a sweep; return a summary with the top trials."""
-    import optuna
+def _start_ray(address: str | None) -> str:
+    """A private local Ray, or the cluster at ``address``; returns what was started/joined."""
     import ray
-    from ray.tune.search import ConcurrencyLimiter
 
-    from bst_search.data import load_dataset
-    from bst_search.folds import development_fold_fp
+    env = {k: os.environ[k] for k in (FAULT_ENV, FAIL_ENV, "BST_CACHE_DIR") if k in os.environ}
+    if ray.is_initialized():
+        return "the Ray instance already running in this process"
+    if address:
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        res = ray.cluster_resources()
+        return (f"joined Ray cluster {ray.get_runtime_context().gcs_address} (--address {address}): "
+                f"{len(nodes)} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU")
+    # address="local": never attach to a cluster an earlier `ray start` left in
+    # /tmp/ray/ray_current_cluster or $RAY_ADDRESS; the GCS takes a free port (not 6379)
+    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+    return f"started a private local Ray (GCS {ray.get_runtime_context().gcs_address})"
+
+
+def run_search(args: argparse.Namespace, trial: Any = None) -> dict[str, Any]:
+    """Run (or resume) a sweep; return a summary with the top trials. ``trial`` replaces
+    :func:`trial_fn` (same keyword arguments), for benchmarks of the driver alone."""
+    from bst_search import optuna_searcher, sweep_state, tune_storage
+    from bst_search.redact import mask_url
     from bst_search.search_space import data_available, load_space
 
     workdir = Path(args.workdir).resolve()
@@ -263,96 +260,199 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     space, dropped = space.restricted_to(**data_available(args.data, args.eval_data, args.crowd_data))
     if dropped:
         print(f"not searched, no data for them: {', '.join(dropped)}")
-    backbones = space.backbones_needed()
-    dev = load_dataset(Path(args.data), backbones=backbones, missing=args.missing, progress=True)
-    ev = (load_dataset(Path(args.eval_data), backbones=backbones, missing=args.missing, progress=True)
-          if args.eval_data else None)
-    crowd = (load_dataset(Path(args.crowd_data), backbones=backbones, missing=args.missing, progress=True)
-             if args.crowd_data else None)
-    holdout = getattr(args, "holdout_fraction", 0.0) or 0.0  # the trials' folds leave it out
+    storage_url = (args.optuna_storage or os.environ.get(optuna_searcher.STORAGE_ENV)
+                   or f"sqlite:///{workdir / 'optuna.db'}")
+    optuna_searcher.use_storage(storage_url)
+    study_name = args.experiment
+    lease = sweep_state.Lease(storage_url, study_name)
+    lease.acquire()  # one live driver per sweep, before anything is written
+    try:
+        lease.start_heartbeat()
+        rdb = optuna_searcher.storage_from_env()
+        stored = sweep_state.read_identity(rdb, study_name)
+        if args.resume and stored is None:
+            raise sweep_state.SweepStateError(
+                f"nothing to resume: no sweep {study_name!r} has started with the Optuna storage "
+                f"{mask_url(storage_url)} (a start that failed before its trials leaves nothing)")
+        if not args.resume and stored is not None:
+            raise sweep_state.SweepStateError(
+                f"experiment {study_name!r} already has sweep {stored['sweep']} in "
+                f"{mask_url(storage_url)}; use --resume to continue it or choose another --experiment")
+        fixed = _fixed_args(args, space, workdir, stored)
+        storage = tune_storage.resolve(fixed["tune_storage"], cluster=bool(args.address),
+                                       shared_fs=args.shared_fs)
+        return _run(args, space, workdir, storage_url, rdb, stored, fixed, storage, lease,
+                    trial or trial_fn)
+    finally:
+        lease.release()
+
+
+def _holdout(args: argparse.Namespace) -> float:
+    """--holdout-fraction, checked."""
+    holdout = getattr(args, "holdout_fraction", 0.0) or 0.0
     if not 0 <= holdout < 1:
         raise SystemExit(f"error: --holdout-fraction must be in [0, 1), got {holdout}")
+    return float(holdout)
+
+
+def _load_data(args: argparse.Namespace, space: Any, folds: int) -> tuple[Any, Any, Any, dict[str, str]]:
+    from bst_search.data import load_dataset
+    from bst_search.folds import development_fold_fp
+
+    backbones = space.backbones_needed()
+
+    def load(root: str | None) -> Any:
+        return (load_dataset(Path(root), backbones=backbones, missing=args.missing, progress=True)
+                if root else None)
+
+    dev, ev, crowd = load(args.data), load(args.eval_data), load(args.crowd_data)
+    holdout = _holdout(args)  # the trials' folds leave these rows out
     try:
-        fold_fp = development_fold_fp(dev.ids, dev.y, args.folds, holdout)
+        fold_fp = development_fold_fp(dev.ids, dev.y, folds, holdout)
     except ValueError as exc:
         raise SystemExit(f"error: --holdout-fraction: {exc}") from exc
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
+    return dev, ev, crowd, fps
 
-    state_path = _sweep_state(workdir, args.experiment)
-    tune_root = args.tune_storage or os.environ.get("BST_TUNE_STORAGE") or str(workdir / "tune")
-    exp_dir = f"{tune_root.rstrip('/')}/{args.experiment}"
-    if args.resume:
-        if not state_path.exists() or not tune.Tuner.can_restore(exp_dir):
-            raise SystemExit(f"error: nothing to resume for experiment {args.experiment!r} in {workdir}")
-        state = json.loads(state_path.read_text())
-        if state["fingerprints"] != fps:
-            raise SystemExit(f"error: the data differ from the interrupted sweep's "
-                             f"({state['fingerprints']} != {fps}); resume with the same data")
+
+def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, rdb: Any,
+         stored: dict[str, Any] | None, fixed: dict[str, Any], storage: Any, lease: Any,
+         trial: Any) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from bst_search import sweep_state
+    from bst_search.optuna_searcher import SweepOptunaSearch
+    from bst_search.redact import mask_url
+    from bst_search.sampling import concurrency_of, make_sampler, warm_start_points
+    from bst_search.sweep_logger import MlflowTrialLogger
+
+    folds = fixed["folds"]
+    dev, ev, crowd, fps = _load_data(args, space, folds)
+    args_fixed = {k: v for k, v in fixed.items() if not k.startswith("_")}
+    trials = args.trials if args.trials is not None else (stored or {}).get("trials", TRIALS_DEFAULT)
+    current = {"space_hash": sweep_state.space_hash(space), "space_source": str(args.space),
+               "fingerprints": fps, "args": args_fixed, "trials": trials}
+    if stored is not None:
+        diff = sweep_state.changes(stored, current)
+        if diff:
+            raise sweep_state.SweepStateError(
+                f"--resume of sweep {stored['sweep']} refused: changed " + "; ".join(diff)
+                + ". Resume with the original values, or start a new --experiment")
+        identity = stored
     else:
-        if state_path.exists() or tune.Tuner.can_restore(exp_dir):
-            raise SystemExit(f"error: experiment {args.experiment!r} already exists in {workdir}; "
-                             f"use --resume to continue it or choose another --experiment")
-        state = {"sweep": f"{args.experiment}-{uuid.uuid4().hex[:8]}", "fingerprints": fps,
-                 "space": str(Path(args.space).resolve()), "trials": args.trials,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps(state, indent=1))
+        sweep_state.discard_failed_start(rdb, args.experiment)  # a study whose start failed
+        sweep = f"{args.experiment}-{uuid.uuid4().hex[:8]}"
+        identity = {**current, "sweep": sweep, "experiment": args.experiment,
+                    "segments": [{"name": sweep, "trials": trials}],
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    sweep = identity["sweep"]
 
-    uri = tracking.tracking_uri(workdir, args.tracking_uri)
-    storage_url = (args.optuna_storage or os.environ.get("BST_OPTUNA_STORAGE")
-                   or f"sqlite:///{workdir / 'optuna.db'}")
-    logger = MlflowTrialLogger(uri, str(workdir), args.experiment, state["sweep"], fps, space, args.folds)
-    if args.resume:  # runs left open by the dead driver
-        closed = tracking.close_interrupted(logger.client, logger.experiment_id, state["sweep"])
-        print(f"resuming sweep {state['sweep']}: {len(closed)} interrupted run(s) marked KILLED")
-
-    cpu = args.cpus_per_trial if args.cpus_per_trial is not None else space.resources.get("cpu", 1)
-    gpu = args.gpus_per_trial if args.gpus_per_trial is not None else space.resources.get("gpu", 0)
-    if args.address:
-        ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=True)
-    elif not ray.is_initialized():
-        ray.init(include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "BST_CACHE_DIR")
-                                           if k in os.environ}})
+    print(_start_ray(args.address))
+    print(f"sweep {sweep}: Optuna study {args.experiment!r} in {mask_url(storage_url)}, "
+          f"Tune storage {storage.uri}, MLflow {fixed['tracking_uri']}")
+    logger = MlflowTrialLogger(fixed["_tracking_uri"], str(workdir), args.experiment, sweep, fps,
+                               space, folds,
+                               on_setup=lambda: sweep_state.write_identity(rdb, args.experiment, identity),
+                               resources={"cpu": fixed["cpus_per_trial"], "gpu": fixed["gpus_per_trial"]})
+    closed = logger.start()
+    if stored is not None:
+        print(f"resuming sweep {sweep}: {len(closed)} interrupted run(s) marked KILLED")
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, dev=dev, eval_data=ev, crowd=crowd, space=space,
-                             n_folds=args.folds, holdout_fraction=holdout),
-        {"cpu": cpu, "gpu": gpu})
+        tune.with_parameters(trial, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds,
+                             **({"holdout_fraction": _holdout(args)} if _holdout(args) else {})),
+        {"cpu": fixed["cpus_per_trial"], "gpu": fixed["gpus_per_trial"]})
 
-    if args.resume:
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=None)
-        warm = warm_start_points(uri, args.warm_start, space, args.warm_start_n) if args.warm_start else None
-        searcher = ResumableOptunaSearch(
+    def new_tuner(name: str, n: int, warm: list | None = None) -> Any:
+        concurrency = concurrency_of(fixed["concurrency"], fixed["cpus_per_trial"], fixed["gpus_per_trial"])
+        searcher = SweepOptunaSearch(
             space=space.sample, metric=space.metric, mode=space.mode, points_to_evaluate=warm,
-            sampler=make_sampler(args.sampler, args.seed, concurrency_of(args.concurrency, cpu, gpu)),
-            study_name=state["sweep"], storage=storage)
-        if args.concurrency:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=args.concurrency)
-        sched = args.scheduler or space.scheduler
+            sampler=make_sampler(fixed["sampler"], fixed["seed"], concurrency),
+            study_name=args.experiment, storage=rdb)
+        alg = (ConcurrencyLimiter(searcher, max_concurrent=fixed["concurrency"])
+               if fixed["concurrency"] else searcher)
         reporter = tune.CLIReporter(
             metric_columns={"folds_done": "folds", "running_hF_strict": "running hF",
                             space.metric: space.metric},
-            parameter_columns=[k for k in list(space.params)[:5]], max_report_frequency=15)
-        tuner = tune.Tuner(
+            parameter_columns=list(space.params)[:5], max_report_frequency=15)
+        return tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=args.trials,
-                                        scheduler=_scheduler(sched, space.metric, space.mode, args.folds),
-                                        reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                search_alg=alg, num_samples=n, reuse_actors=True,
+                scheduler=_scheduler(fixed["scheduler"], space.metric, space.mode, folds)),
             run_config=tune.RunConfig(
-                name=args.experiment, storage_path=tune_root, callbacks=[logger],
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
+                callbacks=[logger], failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                progress_reporter=reporter, verbose=1),
-        )
-    results = tuner.fit()
-    counts = _reconcile(logger, results, storage_url, state["sweep"])
-    summary = summarize(logger, space, uri, workdir)
-    summary.update(counts=counts, sweep=state["sweep"], errors=len(results.errors))
+                # the experiment state (trials, searcher) reaches s3:// / gs:// storage at most
+                # every sync_period (Tune's default: 300 s); a head lost in between would resume
+                # without the trials created since. The state is small: upload it often.
+                sync_config=tune.SyncConfig(sync_period=float(os.environ.get(SYNC_ENV, "5"))),
+                progress_reporter=reporter, verbose=1))
+
+    def fit(tuner: Any) -> set[str]:
+        """Run one Tune experiment; returns the trials Ctrl-C cut off (none when it ended)."""
+        tuner.fit()
+        cut = logger.cut_off()
+        logger.finish_restored()
+        logger.interrupt(cut)
+        return cut
+
+    errors = 0
+    try:
+        last = identity["segments"][-1]
+        if stored is None:  # a fresh sweep: warm-started from an earlier one when asked
+            warm = (warm_start_points(fixed["_tracking_uri"], args.warm_start, space, args.warm_start_n)
+                    if args.warm_start else None)
+            cut = fit(new_tuner(last["name"], last["trials"], warm))
+        else:
+            path = storage.experiment(last["name"])
+            if tune.Tuner.can_restore(path, storage_filesystem=storage.filesystem):
+                cut = fit(tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                             resume_errored=True, storage_filesystem=storage.filesystem))
+            else:  # the previous driver died before Tune first saved its state
+                cut = fit(new_tuner(last["name"], last["trials"]))
+            if not cut and trials > identity["trials"]:
+                extra = trials - identity["trials"]
+                name = f"{sweep}-{len(identity['segments']) + 1}"
+                identity["segments"].append({"name": name, "trials": extra})
+                identity["trials"] = trials
+                print(f"extending sweep {sweep} by {extra} trial(s) to {trials}")
+                cut = fit(new_tuner(name, extra))
+        errors = sum(t.status == "ERROR" for t in logger.trials)
+        failed_writes = logger.drain()
+        counts = {"interrupted": len(cut), "failed_writes": len(failed_writes)}
+        if not cut:
+            counts.update(_close_orphans(logger, rdb, args.experiment))
+    except KeyboardInterrupt:  # a second Ctrl-C: do not wait for MLflow again
+        logger.close(wait=False)
+        raise
+    finally:
+        logger.close()
+    summary = summarize(logger, space, fixed["_tracking_uri"], workdir)
+    summary.update(counts=counts, sweep=sweep, errors=errors, interrupted=len(cut),
+                   lease_lost=lease.lost)
+    if failed_writes:
+        print(f"warning: {len(failed_writes)} MLflow write(s) failed for good: {failed_writes[:3]}",
+              file=sys.stderr)
     return summary
+
+
+def _close_orphans(logger: Any, rdb: Any, study_name: str) -> dict[str, int]:
+    """After a sweep that ended: runs and Optuna trials no Tune trial owns any more (left by
+    a driver that died) end KILLED / FAIL, so MLflow and Optuna agree with Tune."""
+    import optuna
+
+    from bst_search import tracking
+
+    killed = tracking.close_interrupted(logger.client, logger.experiment_id, logger.sweep)
+    study = optuna.load_study(study_name=study_name, storage=rdb)
+    stale = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        stale += 1
+    return {"killed": len(killed), "optuna_stale": stale}
 
 
 def _short(value: str | None) -> str | None:
@@ -363,16 +463,20 @@ def _short(value: str | None) -> str | None:
         return value
 
 
-def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, top: int = 10) -> dict[str, Any]:
+def summarize(logger: Any, space: Any, uri: str, workdir: Path, top: int = 10) -> dict[str, Any]:
     """Top trials of the sweep from MLflow, with their key parameters."""
     import pandas as pd
+
+    from bst_search import tracking
+    from bst_search.redact import mask_url
 
     runs = tracking.find_runs(logger.client, logger.experiment_id, sweep=logger.sweep, status="FINISHED")
     rows = []
     for r in runs:
         row = {"trial": r.data.tags.get(tracking.TRIAL_ID), "status": r.data.tags.get(tracking.STATUS),
                "run_id": r.info.run_id[:8]}
-        row.update({k: r.data.metrics.get(k) for k in ("oof_hF", "oof_hF_strict", "fold_hF_std")})
+        row.update({k: r.data.metrics.get(k) for k in dict.fromkeys(
+            ("oof_hF", "oof_hF_strict", space.metric, "fold_hF_std"))})
         row.update({k: _short(r.data.params.get(k)) for k in list(space.params)[:6]})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -381,9 +485,8 @@ def summarize(logger: MlflowTrialLogger, space: Any, uri: str, workdir: Path, to
         key = space.metric if space.metric in frame else "oof_hF_strict"
         frame = frame.sort_values(key, ascending=asc, na_position="last")
     return {"n_finished": len(frame), "n_complete": int((frame.get("status") == "complete").sum()) if len(frame) else 0,
-            "top": frame.head(top), "ui": tracking.ui_command(uri, workdir, logger.experiment_id),
-            "workdir": str(workdir),
-            "tracking_uri": uri}
+            "top": frame.head(top), "ui": tracking.ui_command(mask_url(uri), workdir, logger.experiment_id),
+            "workdir": str(workdir), "tracking_uri": mask_url(uri)}
 
 
 def print_summary(summary: dict[str, Any], experiment: str) -> None:
@@ -395,6 +498,10 @@ def print_summary(summary: dict[str, Any], experiment: str) -> None:
         print(summary["top"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\nwork dir:      {summary['workdir']}\ntracking:      {summary['tracking_uri']}")
     print(f"MLflow UI:     {summary['ui']}")
+    if summary.get("interrupted"):
+        print(f"\ninterrupted: {summary['interrupted']} trial(s) stopped (runs KILLED); they continue "
+              f"from their last finished fold with the same command and --resume")
+        return
     print(f"ensemble next: python -m bst_search.ensemble --experiment {experiment} "
           f"--workdir {summary['workdir']}")
     print(f"report:        bst-search report --experiment {experiment} --workdir {summary['workdir']}"
@@ -402,17 +509,24 @@ def print_summary(summary: dict[str, Any], experiment: str) -> None:
 
 
 def run_search_from_args(args: argparse.Namespace) -> int:
-    summary = run_search(args)
+    from bst_search.redact import mask_text
+    from bst_search.sweep_state import SweepStateError
+    from bst_search.tune_storage import StorageError
+
+    try:
+        summary = run_search(args)
+    except (SweepStateError, StorageError) as e:
+        secrets = (args.optuna_storage, os.environ.get("BST_OPTUNA_STORAGE"), args.tracking_uri)
+        print(f"error: {mask_text(str(e), *secrets)}", file=sys.stderr)
+        return 2
     print_summary(summary, args.experiment)
+    if summary.get("interrupted"):
+        return INTERRUPTED_RC
     return 0 if summary["n_finished"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bst_search.cli import add_search_arguments
-
-    p = argparse.ArgumentParser(prog="bst-search search", description=__doc__)
-    add_search_arguments(p)
-    return run_search_from_args(p.parse_args(argv))
+    return run_search_from_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

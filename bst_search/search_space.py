@@ -223,6 +223,9 @@ class SearchSpace:
     description: str = ""
     source: str = "<space>"
     scheduler: str = "asha"  # early stopping on per-fold results: asha, median or none
+    # the base resolved when the space is loaded, so that trials on other nodes never
+    # re-read a path on the driver's disk
+    base_config: dict[str, Any] | None = None
     # False when the sweep's crowd data have no confidences: the confidence keys then cannot
     # go with a crowd strategy (a data rule that violation() adds to the configuration's)
     crowd_confidence: bool = True
@@ -339,7 +342,8 @@ class SearchSpace:
 
     def config(self, sampled: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The full validated nested configuration of a trial: base, then fixed, then sampled."""
-        return config.load(self.base, {**self.fixed, **dict(sampled or {})})
+        base = self.base_config if self.base_config is not None else self.base
+        return config.load(base, {**self.fixed, **dict(sampled or {})})
 
     def conditional(self) -> dict[str, dict[str, tuple[Any, ...]]]:
         """``{param: its when}`` for the conditional parameters."""
@@ -681,6 +685,7 @@ def space_from_dict(data: Any, source: str = "<space>", root: Path | None = None
     space = SearchSpace(
         metric=metric, mode=mode, resources=resources, base=base, fixed=fixed,
         params=params, description=description.strip(), source=source, scheduler=scheduler,
+        base_config=config.load(base) if base else None,
     )
     problem = unsatisfiable(space)
     if problem:

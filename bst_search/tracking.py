@@ -7,7 +7,8 @@ single writer during a sweep; on a cluster the driver talks to an MLflow trackin
 Run schema (DESIGN.md, "Tracking"):
   tags     bst.kind=trial, bst.sweep, bst.trial_id, bst.data_fp, bst.fold_fp, bst.eval_fp,
            bst.backbones, bst.status (complete | early_stopped | failed | interrupted),
-           bst.cpus, bst.gpus; run name "<trial no> <model> [<fusion>/<head>] <objective>"
+           bst.cpus, bst.gpus, bst.node (the Ray node id that ran the trial; bst.nodes when
+           it moved); run name "<trial no> <model> [<fusion>/<head>] <objective>"
   params   the resolved configuration's keys the trial uses (config.active_keys)
   metrics  oof_hF, oof_hF_strict, oof_hP, oof_hR, oof_acc, oof_top_acc, fold_hF_mean,
            fold_hF_std, hF_<code>, timings; fold_hF and fold_hF_strict with step = fold
@@ -28,6 +29,7 @@ from bst_search import config as config_mod
 from bst_search.taxonomy import CODES
 
 KIND, SWEEP, TRIAL_ID, STATUS = "bst.kind", "bst.sweep", "bst.trial_id", "bst.status"
+NODE, ATTEMPT = "bst.node", "bst.attempt"  # the Ray node that ran the trial; one create_run call
 DATA_FP, FOLD_FP, EVAL_FP, BACKBONES = "bst.data_fp", "bst.fold_fp", "bst.eval_fp", "bst.backbones"
 CPUS, GPUS, RUN_NAME, NOTE = "bst.cpus", "bst.gpus", "mlflow.runName", "mlflow.note.content"
 VIEW_KEY = "bst-sweep"
@@ -38,7 +40,7 @@ SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict
                    "oof_acc", "oof_top_acc", "oof_macro_acc", "oof_macro_top_acc", "oof_top2_acc",
                    "oof_top_top2_acc", "oof_n_never_predicted", "fold_hF_mean", "fold_hF_std",
                    "fold_hF_strict_mean", "fold_hF_strict_std", "train_seconds",
-                   "model_seconds", "wall_seconds", "epochs_mean")
+                   "model_seconds", "wall_seconds", "epochs_mean", "folds_resumed")
 
 
 def default_workdir() -> Path:
@@ -156,17 +158,49 @@ def _params(cfg: dict[str, Any]) -> dict[str, str]:
     return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in flat.items()}
 
 
-def _with_retry(fn, *args, tries: int = 8, **kwargs):
-    """SQLite answers 'database is locked' when another process holds the write lock;
-    such a write is retried after a short back-off instead of losing the result."""
-    for i in range(tries):
+RETRY_ENV = "BST_TRACKING_RETRY_S"  # how long a write waits for the store to come back
+_TRANSIENT = ("database is locked", "max retries exceeded", "connection refused",
+              "connection reset", "connection aborted", "remotedisconnected", "timed out",
+              "temporarily unavailable", "bad gateway", "service unavailable", "gateway timeout")
+
+
+def is_transient(e: BaseException) -> bool:
+    """Errors that a write survives by waiting: SQLite's lock, a tracking server that is
+    restarting (connection refused/reset, HTTP 5xx). Anything else (a bad request, a
+    missing run) is raised at once."""
+    import requests
+
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                      ConnectionError, TimeoutError)):
+        return True
+    status = getattr(e, "get_http_status_code", lambda: None)()
+    if isinstance(status, int) and status >= 500 and getattr(e, "error_code", "") != "INVALID_PARAMETER_VALUE":
+        return True
+    return any(t in str(e).lower() for t in _TRANSIENT)
+
+
+def _with_retry(fn, *args, deadline_s: float | None = None, before_retry=None, **kwargs):
+    """Run a tracking call, waiting out transient errors (see :func:`is_transient`) with
+    exponential back-off for up to ``$BST_TRACKING_RETRY_S`` seconds (default 600), so a
+    locked SQLite store or a restarting tracking server delays a result but never loses it.
+    ``before_retry`` runs before each new attempt and may return a value that ends the
+    retry: that is how a non-idempotent call (create_run) first looks for what a lost
+    response had already created."""
+    limit = deadline_s if deadline_s is not None else float(os.environ.get(RETRY_ENV, "600"))
+    end, delay, first = time.monotonic() + limit, 0.05, True
+    while True:
         try:
+            if not first and before_retry is not None:
+                found = before_retry()
+                if found is not None:
+                    return found
+            first = False
             return fn(*args, **kwargs)
-        except Exception as e:  # mlflow wraps sqlalchemy's OperationalError
-            if "locked" not in str(e).lower() or i == tries - 1:
+        except Exception as e:  # mlflow wraps sqlalchemy's and requests' errors
+            if not is_transient(e) or time.monotonic() + delay > end:
                 raise
-            time.sleep(0.05 * 2**i)
-    return None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def find_runs(cl: Any, experiment_id: str, *, kind: str = "trial", sweep: str | None = None,
@@ -189,34 +223,56 @@ def find_runs(cl: Any, experiment_id: str, *, kind: str = "trial", sweep: str | 
 
 
 def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
-                    cfg: dict[str, Any], fingerprints: dict[str, str],
+                    cfg: dict[str, Any], fingerprints: dict[str, str], node: str = "",
                     resources: dict[str, float] | None = None) -> str:
     """Create the RUNNING run of one trial attempt, with its tags and params (``resources``:
-    the trial's CPUs and GPUs, tagged bst.cpus and bst.gpus for the report's hours)."""
+    the trial's CPUs and GPUs, tagged bst.cpus and bst.gpus for the report's hours).
+
+    Exactly once even when the tracking server drops the response: each call tags its run
+    with a fresh ``bst.attempt`` id, and every retry first looks that id up.
+    """
+    import uuid
+
     resources = {CPUS if k.lower() == "cpu" else GPUS: v for k, v in (resources or {}).items()
                  if k.lower() in ("cpu", "gpu")}
     from mlflow.entities import Param, RunTag
 
-    tags = {KIND: "trial", SWEEP: sweep, TRIAL_ID: trial_id, STATUS: "running",
+    attempt = uuid.uuid4().hex
+    tags = {KIND: "trial", SWEEP: sweep, TRIAL_ID: trial_id, STATUS: "running", ATTEMPT: attempt,
             DATA_FP: fingerprints.get("data_fp", ""), FOLD_FP: fingerprints.get("fold_fp", ""),
             EVAL_FP: fingerprints.get("eval_fp", ""), BACKBONES: ",".join(cfg["backbones"]),
-            RUN_NAME: run_name(trial_id, cfg), **{k: str(v) for k, v in (resources or {}).items()}}
-    run = _with_retry(cl.create_run, experiment_id, tags=tags)
+            RUN_NAME: run_name(trial_id, cfg), **{k: str(v) for k, v in resources.items()}}
+    if node:
+        tags[NODE] = node
+
+    def created_before() -> Any:
+        page = cl.search_runs([experiment_id], f"tags.`{ATTEMPT}` = '{attempt}'", max_results=1)
+        return page[0] if page else None
+
+    run = _with_retry(cl.create_run, experiment_id, tags=tags, before_retry=created_before)
     params = [Param(k, v) for k, v in _params(cfg).items()]
     _with_retry(cl.log_batch, run.info.run_id, params=params,
                 tags=[RunTag("bst.config_keys", str(len(params)))])
     return run.info.run_id
 
 
-def log_fold(cl: Any, run_id: str, info: dict[str, Any]) -> None:
-    """Per-fold values as steps, so the MLflow UI plots them against the fold."""
-    from mlflow.entities import Metric
+def set_tags(cl: Any, run_id: str, tags: dict[str, str]) -> None:
+    """Several tags in one call (one transaction)."""
+    from mlflow.entities import RunTag
+
+    _with_retry(cl.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_fold(cl: Any, run_id: str, info: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+    """Per-fold values as steps, so the MLflow UI plots them against the fold; ``tags`` (the
+    node that ran the fold) go in the same call (one transaction per fold)."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     step = int(info["fold"])
     ms = [Metric(k, float(info[k]), now, step) for k in ("fold_hF", "fold_hF_strict",
                                                          "running_hF_strict") if k in info]
-    _with_retry(cl.log_batch, run_id, metrics=ms)
+    _with_retry(cl.log_batch, run_id, metrics=ms, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
 def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,

@@ -39,6 +39,29 @@ def pick_device(pref: str = "auto") -> torch.device:
     return dev
 
 
+def assigned_device(gpu_ids: list[str] | list[int], *, cuda_available: bool,
+                    visible: str | None = None) -> str:
+    """The torch device of a Ray trial: the GPU Ray assigned it, else the CPU.
+
+    Recent Ray no longer hides GPUs from zero-GPU tasks, so "CUDA is available" says nothing
+    about what the trial reserved: a trial given no GPU runs on the CPU even on a GPU node.
+    Ray sets ``CUDA_VISIBLE_DEVICES`` (``visible``) to the assigned ids, so the first
+    assigned id is found at its position there; without it the id is the device index.
+    """
+    if not gpu_ids:
+        return "cpu"
+    first = str(gpu_ids[0])
+    if not cuda_available:
+        raise RuntimeError(f"Ray assigned GPU {first} to this trial but torch sees no CUDA device")
+    shown = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    return f"cuda:{shown.index(first)}" if first in shown else f"cuda:{int(first)}"
+
+
+def assigned_threads(cpus: float) -> int:
+    """Torch intra-op threads of a trial: the CPUs Ray reserved for it (at least one)."""
+    return max(1, int(cpus))
+
+
 # ----------------------------------------------------------------------------- augmentation
 # Each mask takes a (B, D) batch, p and the generator and returns it with some dims zeroed.
 

@@ -203,6 +203,25 @@ def _load_fold(path: Path) -> dict[str, Any]:
     return res
 
 
+RUNNING_KEYS = ("hF", "hF_strict", "hP", "hR", "acc", "top_acc")
+
+
+def running_objectives(y: np.ndarray, results: list[dict[str, Any]]) -> dict[str, float]:
+    """Every objective a space can name, on the folds finished so far: ``running_<metric>``.
+
+    The ``oof_*`` values are computed on the held-out predictions of the finished folds (the
+    partial OOF matrix), ``fold_hF_mean`` is the mean of their fold scores, so early stopping
+    compares trials on the space's own objective. ``running_hF_strict`` (the mean strict fold
+    hF) is kept for the progress table.
+    """
+    idx = np.concatenate([r["test_idx"] for r in results])
+    m = metrics.evaluate(y[idx], np.concatenate([r["proba"] for r in results]))
+    out = {f"running_oof_{k}": float(m[k]) for k in RUNNING_KEYS}
+    out["running_fold_hF_mean"] = float(np.mean([r["hF"] for r in results]))
+    out["running_hF_strict"] = float(np.mean([r["hF_strict"] for r in results]))
+    return out
+
+
 def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
               eval_data: Dataset | None = None, crowd: Dataset | None = None,
               n_folds: int = 5, device: Any = None, on_fold: FoldCallback | None = None,
@@ -255,13 +274,12 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
                                     holdout=holdout, device=device, on_epoch=_epoch_logger(log, k), log=log), False
             _save_fold(path, res)
         results.append(res)
-        running = float(np.mean([r["hF_strict"] for r in results]))
         how = "resumed" if resumed else f"{res['seconds']:.1f}s, {res['epochs']} epochs"
         log and log(f"fold {k}: hF {res['hF']:.4f} strict {res['hF_strict']:.4f} ({how})")
         if on_fold is not None:
             on_fold({"fold": k, "folds_done": k + 1, "fold_hF": res["hF"],
-                     "fold_hF_strict": res["hF_strict"], "running_hF_strict": running,
-                     "resumed": resumed})
+                     "fold_hF_strict": res["hF_strict"], "resumed": resumed,
+                     **running_objectives(dev.y, results)})
 
     proba = np.zeros((len(dev.ids), N_CLASSES), dtype=np.float32)
     for r in results:

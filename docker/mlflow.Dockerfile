@@ -3,7 +3,7 @@
 #
 #   docker build -f docker/mlflow.Dockerfile -t bst-mlflow:latest .
 #   docker run -p 5000:5000 \
-#     -e BACKEND_STORE_URI=postgresql://bst:PASSWORD@db-host:5432/mlflow \
+#     -e BACKEND_STORE_URI=postgresql+psycopg://bst:PASSWORD@db-host:5432/mlflow \
 #     -e ARTIFACTS_DESTINATION=s3://YOUR-BUCKET/bst-search/mlartifacts \
 #     -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... bst-mlflow:latest
 #
@@ -16,7 +16,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     ARTIFACTS_DESTINATION=/mlflow/mlartifacts \
     ALLOWED_HOSTS=
 
-RUN pip install "mlflow==${MLFLOW_VERSION}" psycopg2-binary "psycopg[binary]" boto3 \
+RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]" boto3 \
  && mkdir -p /mlflow
 
 EXPOSE 5000

@@ -35,3 +35,18 @@ def test_data_summary(tiny_data, capsys):
     assert main(["data", "--data", str(tiny_data["dev"])]) == 0
     out = capsys.readouterr().out
     assert "excluded" in out and "clap_audio" in out
+
+
+def test_search_module_does_not_import_the_cli() -> None:
+    """The parser lives with its command: search.py imports nothing from cli.py (no circle),
+    and cli.py uses search.py's parser."""
+    import ast
+    import inspect
+
+    import bst_search.cli
+    import bst_search.search
+
+    tree = ast.parse(inspect.getsource(bst_search.search))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "bst_search.cli" not in imported
+    assert bst_search.cli.add_search_arguments is bst_search.search.add_search_arguments

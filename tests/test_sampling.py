@@ -22,7 +22,14 @@ def test_sampler_option_offers_every_registered_sampler() -> None:
     p = argparse.ArgumentParser()
     add_search_arguments(p)
     action = next(a for a in p._actions if a.dest == "sampler")
-    assert tuple(action.choices) == tuple(SAMPLERS) and action.default == "tpe"
+    # unset means "tpe" on a fresh sweep and the stored sweep's sampler on --resume
+    assert tuple(action.choices) == tuple(SAMPLERS) and action.default is None
+    from bst_search.search import _fixed_args
+
+    args = p.parse_args(["--data", "d", "--space", "s", "--experiment", "e"])
+    space = load_space(SPACES / "smoke.yaml")
+    assert _fixed_args(args, space, Path("/tmp"), None)["sampler"] == "tpe"
+    assert _fixed_args(args, space, Path("/tmp"), {"args": {"sampler": "gp"}})["sampler"] == "gp"
     with pytest.raises(ValueError, match="--sampler"):
         make_sampler("annealing", 0, 1)
 

@@ -210,6 +210,16 @@ def test_subset_sizes_and_relative_base(tmp_path: Path) -> None:
     assert space.config({"backbones": ["clap_text", "mert"]})["model"]["hidden"] == 16
 
 
+def test_base_file_is_resolved_into_the_space_that_travels_to_workers(tmp_path: Path) -> None:
+    import pickle
+
+    (tmp_path / "mine.yaml").write_text("model: {hidden: 24}\n")
+    space = load_space(_write(tmp_path, f"base: mine.yaml\nparams: {{{LR}}}\n"))
+    (tmp_path / "mine.yaml").unlink()  # a worker on another node has no such file
+    remote = pickle.loads(pickle.dumps(space))
+    assert remote.config({"train.lr": 1e-3})["model"]["hidden"] == 24
+
+
 LR = "train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}"
 NAME = "model.name: {type: categorical, choices: [hatr, late_fusion]}"
 

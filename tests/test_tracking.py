@@ -116,3 +116,59 @@ def test_ui_contract_kind_names_active_params_and_runs_url(tmp_path):
         f"http://h:5000/#/experiments/{exp}/runs?workflowType=machine_learning")
     assert "then open http://127.0.0.1:5000/#/experiments/7/runs" in \
         tracking.ui_command("sqlite:///x.db", tmp_path, "7")
+
+
+class _Flaky:
+    """Wraps an MlflowClient: chosen calls fail with a connection error ``n`` times first;
+    with ``after=True`` the call reaches the store and only the response is lost."""
+
+    def __init__(self, cl, method: str, n: int, after: bool = False) -> None:
+        self.cl, self.method, self.n, self.after, self.calls = cl, method, n, after, 0
+
+    def __getattr__(self, name):
+        real = getattr(self.cl, name)
+        if name != self.method:
+            return real
+
+        def call(*a, **k):
+            import requests
+
+            self.calls += 1
+            if self.calls <= self.n:
+                if self.after:
+                    real(*a, **k)
+                raise requests.exceptions.ConnectionError("Connection refused (server restarting)")
+            return real(*a, **k)
+
+        return call
+
+
+def test_writes_wait_out_a_restarting_server_and_create_run_stays_unique(tmp_path, monkeypatch):
+    monkeypatch.setenv(tracking.RETRY_ENV, "30")
+    uri = tracking.tracking_uri(tmp_path)
+    cl = tracking.client(uri)
+    exp = tracking.ensure_experiment(cl, "retry", tmp_path, uri)
+    cfg = config.defaults()
+    # the server stored the run but the response was lost, twice: still exactly one run
+    lossy = _Flaky(cl, "create_run", 2, after=True)
+    rid = tracking.start_trial_run(lossy, exp, sweep="s", trial_id="t1", cfg=cfg,
+                                   fingerprints={}, node="n1")
+    runs = tracking.find_runs(cl, exp, sweep="s")
+    assert [r.info.run_id for r in runs] == [rid] and lossy.calls == 1  # found by bst.attempt
+    assert runs[0].data.tags["bst.node"] == "n1"
+    down = _Flaky(cl, "log_batch", 3)  # refused three times, then the server is back
+    tracking.log_fold(down, rid, {"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4})
+    assert down.calls == 4 and len(cl.get_metric_history(rid, "fold_hF")) == 1
+
+
+def test_a_permanent_error_is_not_retried(tmp_path):
+    calls = []
+
+    def bad():
+        calls.append(1)
+        raise ValueError("INVALID_PARAMETER_VALUE: no such run")
+
+    with pytest.raises(ValueError):
+        tracking._with_retry(bad, deadline_s=30)
+    assert len(calls) == 1
+    assert tracking.is_transient(RuntimeError("(sqlite3.OperationalError) database is locked"))

@@ -225,3 +225,18 @@ def test_init_state_starts_from_given_weights() -> None:
     fresh = fit(tiny_lr, Xtr, ytr, Xva, yva, modalities=MODS, seed=3, device=CPU)
     assert again.best_val_hF > fresh.best_val_hF + 0.2
     assert again.best_val_hF == pytest.approx(trained.best_val_hF, abs=0.05)
+
+
+def test_assigned_device_follows_ray_not_cuda_availability() -> None:
+    from bst_search.training import assigned_device, assigned_threads
+
+    # no GPU assigned: the CPU, even on a machine where CUDA is available
+    assert assigned_device([], cuda_available=True, visible="0,1") == "cpu"
+    assert assigned_device([], cuda_available=True, visible=None) == "cpu"
+    # Ray narrows CUDA_VISIBLE_DEVICES to the assigned ids: device index = position there
+    assert assigned_device(["3"], cuda_available=True, visible="3") == "cuda:0"
+    assert assigned_device(["3"], cuda_available=True, visible="1,3") == "cuda:1"
+    assert assigned_device([2], cuda_available=True, visible=None) == "cuda:2"  # not narrowed
+    with pytest.raises(RuntimeError, match="assigned GPU 0"):
+        assigned_device(["0"], cuda_available=False)
+    assert [assigned_threads(c) for c in (0.5, 1, 2.0, 4)] == [1, 1, 2, 4]

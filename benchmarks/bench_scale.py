@@ -1,0 +1,207 @@
+"""How the search driver scales with the number of trials (issue 11, item 6).
+
+Runs the real driver (``run_search``: Optuna searcher, concurrency limit, Tune loop,
+checkpoints, experiment-state saves, the MLflow callback with its writer threads, the final
+reconciliation) with a trainable that does a few milliseconds of real work per fold on the
+smoke data: it scores seeded random probabilities with the hierarchical metric, reports after
+every fold with a checkpoint, and leaves the artifacts a trial leaves (oof.parquet,
+metrics.json, config.yaml). Everything but the model training is what a sweep does.
+
+Prints, for the SQLite stores and (with ``--postgres URL``) PostgreSQL ones:
+* driver CPU seconds per trial (the driver process, all its threads), overall and between
+  checkpoints (100 / 500 / 1,000 trials by default), so a cost that grows with the number of
+  runs shows as a rising figure;
+* trials per minute (wall);
+* the Tune experiment-state save time (mean / max of ``TuneController.checkpoint``);
+* the driver's resident memory at each checkpoint;
+* FINISHED runs and duplicates (must be exactly N and 0).
+
+    python benchmarks/bench_scale.py [--trials 1000] [--cpus 32] [--concurrency 32]
+                                     [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bst_search import tracking
+from bst_search.search import build_parser, run_search
+from bst_search.synth import make_synthetic
+
+SPACE = {"description": "benchmark: the driver alone", "scheduler": "none", "base": "late_fusion",
+         "fixed": {"backbones": ["clap_audio"]},
+         "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}}
+
+
+def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int,
+                **_: Any) -> None:
+    """A few ms of real work per fold; reports and checkpoints like ``trial_fn``."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from ray import tune
+
+    from bst_search import config
+    from bst_search.metrics import evaluate
+    from bst_search.taxonomy import PROBA_COLUMNS
+
+    rng = np.random.default_rng(abs(hash(json.dumps(params, sort_keys=True, default=str))) % 2**32)
+    proba = rng.dirichlet(np.ones(len(PROBA_COLUMNS)), size=len(dev.y)).astype(np.float32)
+    proba[np.arange(len(dev.y)), dev.y] += 0.5
+    fold = np.arange(len(dev.y)) % n_folds
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    with tempfile.TemporaryDirectory() as work:
+        for k in range(n_folds):
+            m = evaluate(dev.y[fold <= k], proba[fold <= k])
+            info = {"fold": k, "folds_done": k + 1, "fold_hF": m["hF"], "fold_hF_strict": m["hF_strict"],
+                    "running_hF_strict": m["hF_strict"], f"running_{space.metric}": m[space.metric[4:]]
+                    if space.metric.startswith("oof_") else m["hF"], "node": node}
+            if k < n_folds - 1:
+                tune.report({**info, space.metric: info[f"running_{space.metric}"],
+                             "trial_status": "running"},
+                            checkpoint=tune.Checkpoint.from_directory(work))
+        oof = pd.concat([pd.DataFrame({"sound_id": dev.ids.astype(str), "fold": fold}),
+                         pd.DataFrame(proba, columns=list(PROBA_COLUMNS))], axis=1)
+        oof.to_parquet(Path(work) / "oof.parquet", index=False)
+        metrics = {f"oof_{k}": float(v) for k, v in m.items()}
+        (Path(work) / "metrics.json").write_text(json.dumps(metrics))
+        config.dump(space.config({k: v for k, v in params.items() if k in config.SCHEMA}),
+                    Path(work) / "config.yaml")
+        per_fold = {f"fold{k}_{x}": m[x] for k in range(n_folds) for x in ("hF", "hF_strict")}
+        tune.report({**info, **metrics, **per_fold, "fold_hF_mean": m["hF"], "fold_hF_std": 0.0,
+                     "trial_status": "complete"}, checkpoint=tune.Checkpoint.from_directory(work))
+
+
+class Probe:
+    """Samples the driver while the sweep runs: CPU, memory and state-save times."""
+
+    def __init__(self, marks: list[int]) -> None:
+        self.marks, self.at, self.saves = marks, {}, []
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def install(self) -> None:
+        from ray.tune.execution.tune_controller import TuneController
+
+        real = TuneController.checkpoint
+        probe = self
+
+        def timed(self: Any, *a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return real(self, *a, **k)
+            finally:
+                probe.saves.append(time.perf_counter() - t)
+
+        TuneController.checkpoint = timed
+
+    def run(self) -> None:
+        from bst_search import sweep_logger
+
+        while not self.stop.wait(0.25):
+            done = sum(len(lg._done) for lg in list(sweep_logger._LIVE.values()))
+            for m in self.marks:
+                if m not in self.at and done >= m:
+                    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                    self.at[m] = (time.process_time() - self.cpu0, time.perf_counter() - self.t0, rss)
+                    print(f"[bench_scale] {m} trials done: driver CPU {self.at[m][0]:.1f} s, "
+                          f"wall {self.at[m][1]:.1f} s, max RSS {rss:,.0f} MiB", flush=True)
+
+
+def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: str | None,
+        mlflow_url: str | None) -> None:
+    import ray
+
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    argv = ["--data", str(data["dev"]), "--space", str(space), "--experiment", f"scale-{kind}",
+            "--trials", str(a.trials), "--concurrency", str(a.concurrency), "--cpus-per-trial", "1",
+            "--workdir", str(root / kind), "--max-failures", "0"]
+    if optuna_url:
+        argv += ["--optuna-storage", optuna_url]
+    if mlflow_url:
+        argv += ["--tracking-uri", mlflow_url]
+    marks = sorted({m for m in (100, 500, 1000, a.trials // 4, a.trials // 2, a.trials)
+                    if 0 < m <= a.trials})
+    probe = Probe(marks)
+    probe.install()
+    ray.init(address="local", num_cpus=a.cpus, include_dashboard=False)
+    th = threading.Thread(target=probe.run, daemon=True)
+    th.start()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    summary = run_search(build_parser().parse_args(argv), trial=light_trial)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    probe.stop.set()
+    th.join()
+    ray.shutdown()
+    cl = tracking.client(mlflow_url or summary["tracking_uri"])
+    exp = cl.get_experiment_by_name(f"scale-{kind}").experiment_id
+    runs = tracking.find_runs(cl, exp, status="FINISHED")
+    ids = [r.data.tags[tracking.TRIAL_ID] for r in runs]
+    print(f"\n== {kind}: {a.trials} trials, concurrency {a.concurrency}, ray num_cpus {a.cpus}")
+    print(f"FINISHED runs {len(runs)} (expected {a.trials}), duplicates {len(ids) - len(set(ids))}")
+    print(f"wall {wall:.1f} s -> {a.trials / wall * 60:.1f} trials/min; driver CPU {cpu:.1f} s "
+          f"-> {cpu / a.trials:.3f} s/trial (includes start-up and the final reconciliation)")
+    prev = (0, 0.0)
+    for m in marks:
+        if m in probe.at:
+            c, w, rss = probe.at[m]
+            print(f"  at {m:5d} trials: driver CPU {c:7.1f} s, {(c - prev[1]) / (m - prev[0]):.3f} s/trial "
+                  f"since {prev[0]}; wall {w:7.1f} s; max RSS {rss:,.0f} MiB")
+            prev = (m, c)
+    if probe.saves:
+        s = sorted(probe.saves)
+        print(f"experiment-state saves: {len(s)}, mean {sum(s) / len(s) * 1000:.1f} ms, "
+              f"max {s[-1] * 1000:.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=1000)
+    ap.add_argument("--cpus", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--n", type=int, default=800, help="smoke development set size")
+    ap.add_argument("--postgres", help="a PostgreSQL server URL: also run with Optuna and "
+                    "MLflow in two fresh databases there")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.chdir(root)  # a database tracking URI puts artifacts under ./mlruns
+        data = make_synthetic(root / "data", n=a.n, eval_n=0, seed=0)
+        if not a.skip_sqlite:
+            one("sqlite", data, root, a, None, None)
+        if a.postgres:
+            import psycopg
+
+            tag = uuid.uuid4().hex[:8]
+            dbs = [f"bst_driver_scale_optuna_{tag}", f"bst_driver_scale_mlflow_{tag}"]
+            conn = psycopg.connect(a.postgres, autocommit=True)
+            for db in dbs:
+                conn.execute(f"CREATE DATABASE {db}")
+            base = a.postgres.rsplit("/", 1)[0]
+            try:
+                one("postgres", data, root, a, f"{base}/{dbs[0]}", f"{base}/{dbs[1]}")
+            finally:
+                for db in dbs:
+                    conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The driver's MLflow writer: one run per Tune trial, written outside the Tune event loop.
+
+:class:`MlflowTrialLogger` is a Ray Tune callback in the driver process, the only writer of
+trial runs (a SQLite store then has one writer). It reads the sweep's MLflow state once, at
+start (which trials already have a FINISHED run; which runs a dead driver left open), keeps it
+in memory, and never searches MLflow per result. Its hooks only queue writes: a few writer
+threads, each with a bounded queue, perform them in order per trial (a trial always goes to
+the same thread), retrying through a locked store or a restarting tracking server
+(:func:`bst_search.tracking._with_retry`). :meth:`MlflowTrialLogger.drain` waits for all of
+them before the driver exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+from bst_search import tracking
+from bst_search.config import SCHEMA
+
+log = logging.getLogger(__name__)
+_LIVE: dict[str, MlflowTrialLogger] = {}  # the driver's logger per sweep (see __setstate__)
+Write = Callable[[Any], None]  # a write, given the writer thread's MlflowClient
+
+
+class Writers:
+    """``n`` threads, each draining its own bounded queue of writes in order."""
+
+    def __init__(self, uri: str, n: int = 4, maxsize: int = 256) -> None:
+        self.uri = uri
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=maxsize) for _ in range(n)]
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._loop, args=(q,), daemon=True,
+                                         name=f"bst-mlflow-{i}") for i, q in enumerate(self.queues)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self, q: queue.Queue) -> None:
+        cl = tracking.client(self.uri)
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                item(cl)
+            except Exception as e:  # reported by drain(); the other writes go on
+                log.exception("MLflow write failed")
+                self.errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                q.task_done()
+
+    def submit(self, key: str, write: Write) -> None:
+        """Queue ``write``; writes with the same ``key`` run in submission order."""
+        self.queues[zlib.crc32(key.encode()) % len(self.queues)].put(write)
+
+    def drain(self) -> None:
+        for q in self.queues:
+            q.join()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads, after the queued writes unless ``wait`` is false (they are lost;
+        ``--resume`` closes what they would have closed)."""
+        if wait:
+            self.drain()
+            for q in self.queues:
+                q.put(None)
+            for t in self.threads:
+                t.join(10)
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
+
+    def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
+                 fingerprints: dict[str, str], space: Any, n_folds: int, *, writers: int = 4,
+                 on_setup: Callable[[], None] | None = None,
+                 resources: dict[str, float] | None = None) -> None:
+        self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep
+        self.fingerprints, self.space, self.n_folds = fingerprints, space, n_folds
+        self.n_writers, self.on_setup = writers, on_setup
+        self.resources = resources  # per trial {"cpu": .., "gpu": ..}: tagged bst.cpus/bst.gpus
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        self.writers: Writers | None = None
+        self._runs: dict[str, str] = {}  # trial id -> its open run (set by the writer threads)
+        self._done: set[str] = set()  # trials with a FINISHED run, or whose closing is queued
+        self._open: set[str] = set()  # trials whose run is open (or queued to open)
+        self._folds: dict[str, set[int]] = {}
+        self._nodes: dict[str, list[str]] = {}
+        self.trials: list[Any] = []  # Tune's trials at the end of the last fit
+        # trials that ran in the current fit, and those Tune ended (complete, stopped, error):
+        # at Ctrl-C, Tune marks the running ones TERMINATED too, so only these tell them apart
+        self.active: set[str] = set()
+        self.ended: set[str] = set()
+
+    # -- pickling: Tune keeps its callbacks in tuner.pkl; a restored Tuner must drive *this*
+    # -- logger (threads, in-memory state), so the pickle is only the sweep id
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sweep": self.sweep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = _LIVE.get(state["sweep"])
+        if live is None:
+            raise RuntimeError(f"sweep {state['sweep']}: restore the Tuner through bst-search search "
+                               "--resume (its MLflow logger lives in the driver)")
+        self.__dict__ = live.__dict__  # the same state as the driver's live logger
+
+    # -- start and end -----------------------------------------------------------------
+    def start(self) -> list[str]:
+        """Connect, read the sweep's runs once, close runs a dead driver left open (KILLED,
+        ``interrupted``); returns their ids. Starts the writer threads."""
+        self.client = tracking.client(self.uri)
+        self.experiment_id = tracking.ensure_experiment(self.client, self.experiment, self.workdir, self.uri)
+        tracking.describe_experiment(self.client, self.experiment_id, sweep=self.sweep,
+                                     space=self.space, fingerprints=self.fingerprints)
+        runs = tracking.find_runs(self.client, self.experiment_id, sweep=self.sweep)
+        self._done = {r.data.tags.get(tracking.TRIAL_ID) for r in runs if r.info.status == "FINISHED"}
+        closed = []
+        for r in runs:
+            if r.info.status == "RUNNING":
+                tracking._with_retry(self.client.set_tag, r.info.run_id, tracking.STATUS, "interrupted")
+                tracking._with_retry(self.client.set_terminated, r.info.run_id, status="KILLED")
+                closed.append(r.info.run_id)
+        self.writers = Writers(self.uri, self.n_writers)
+        _LIVE[self.sweep] = self
+        return closed
+
+    def drain(self) -> list[str]:
+        """Wait for every queued write; returns the errors of writes that failed for good."""
+        if self.writers is not None:
+            self.writers.drain()
+            return list(self.writers.errors)
+        return []
+
+    def close(self, wait: bool = True) -> None:
+        if self.writers is not None:
+            self.writers.close(wait)
+            self.writers = None
+        _LIVE.pop(self.sweep, None)
+
+    # -- writes, run by the writer threads -------------------------------------------------
+    def _config(self, config: dict[str, Any] | None) -> dict[str, Any]:
+        return self.space.config({k: v for k, v in (config or {}).items() if k in SCHEMA})
+
+    def _ensure_run(self, cl: Any, trial_id: str, config: dict[str, Any] | None) -> str:
+        if trial_id not in self._runs:
+            nodes = self._nodes.get(trial_id, [])
+            self._runs[trial_id] = tracking.start_trial_run(
+                cl, self.experiment_id, sweep=self.sweep, trial_id=trial_id,
+                cfg=self._config(config), fingerprints=self.fingerprints,
+                node=nodes[-1] if nodes else "", resources=self.resources)
+        return self._runs[trial_id]
+
+    def _submit(self, trial_id: str, write: Write) -> None:
+        assert self.writers is not None, "MlflowTrialLogger.start() was not called"
+        self.writers.submit(trial_id, write)
+
+    # -- Tune hooks (the event loop: queue only) -----------------------------------------
+    def setup(self, **info: Any) -> None:
+        self.active, self.ended, self.trials = set(), set(), []
+        if self.on_setup is not None:  # the Tuner runs: the sweep has started
+            self.on_setup()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = trial.trial_id
+        self.active.add(tid)
+        if tid in self._done or tid in self._open:
+            return
+        self._open.add(tid)
+        config = dict(trial.config)
+        self._submit(tid, lambda cl: self._ensure_run(cl, tid, config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tid = trial.trial_id
+        self.active.add(tid)
+        if tid in self._done:
+            return
+        self._open.add(tid)
+        config = dict(trial.config)
+        node = result.get("node")
+        seen = self._nodes.setdefault(tid, [])
+        tags: dict[str, str] = {}
+        if node and (not seen or seen[-1] != node):
+            seen.append(node)
+            tags = {tracking.NODE: node, "bst.nodes": ",".join(dict.fromkeys(seen))}
+        if "fold" in result:
+            self._folds.setdefault(tid, set()).add(int(result["fold"]))
+            fold = dict(result)
+            self._submit(tid, lambda cl: tracking.log_fold(cl, self._ensure_run(cl, tid, config),
+                                                           fold, tags))
+        elif tags:
+            self._submit(tid, lambda cl: tracking.set_tags(cl, self._ensure_run(cl, tid, config), tags))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+        self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint, dict(trial.config))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid, config = trial.trial_id, dict(trial.config)
+        self.ended.add(tid)
+        note = str(getattr(trial, "error_file", "") or "")
+        self._open.discard(tid)
+
+        def fail(cl: Any) -> None:
+            run_id = self._ensure_run(cl, tid, config)
+            tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
+                                      status="FAILED", bst_status="failed", note=note)
+            self._runs.pop(tid, None)
+
+        self._submit(tid, fail)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.trials = list(trials)
+
+    def cut_off(self) -> set[str]:
+        """Trials the last fit left unfinished (Ctrl-C): they ran but Tune never ended them,
+        or never started."""
+        waiting = {t.trial_id for t in self.trials if t.status in ("PENDING", "PAUSED", "RUNNING")}
+        return (self.active - self.ended) | waiting
+
+    def finish_restored(self) -> None:
+        """Close the runs of trials Tune had already ended before this driver restored the
+        experiment (the dead driver saved Tune's state but not MLflow's)."""
+        for t in self.trials:
+            if t.status == "TERMINATED" and t.trial_id not in self.active:
+                self.finish(t.trial_id, t.last_result or {}, t.checkpoint, dict(t.config))
+
+    # -- closing runs ------------------------------------------------------------------
+    def finish(self, trial_id: str, result: dict[str, Any], checkpoint: Any,
+               config: dict[str, Any] | None = None) -> None:
+        """Close a trial's run as FINISHED, once: complete with artifacts, or early-stopped."""
+        if trial_id in self._done:
+            return
+        self._done.add(trial_id)
+        self._open.discard(trial_id)
+        config = config if config is not None else result.get("config")
+        logged = self._folds.pop(trial_id, set())
+        node = self._nodes.get(trial_id, [])
+
+        def close(cl: Any) -> None:
+            run_id = self._ensure_run(cl, trial_id, config)
+            for k in range(self.n_folds):  # folds finished before a restart, into this run too
+                if k not in logged and f"fold{k}_hF" in result:
+                    tracking.log_fold(cl, run_id, {"fold": k, "fold_hF": result[f"fold{k}_hF"],
+                                                   "fold_hF_strict": result[f"fold{k}_hF_strict"]})
+            if node:
+                tracking.set_tags(cl, run_id, {tracking.NODE: node[-1]})
+            if result.get("trial_status") == "complete" and checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
+                                              status="FINISHED", bst_status="complete",
+                                              objective=self.space.metric)
+            else:
+                done = int(result.get("folds_done", 0))
+                tracking.finish_trial_run(
+                    cl, run_id, metrics=None, artifacts_dir=None, status="FINISHED",
+                    bst_status="early_stopped",
+                    note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
+            self._runs.pop(trial_id, None)
+
+        self._submit(trial_id, close)
+
+    def interrupt(self, trial_ids: set[str]) -> None:
+        """Close the open runs of trials cut off by Ctrl-C: KILLED, ``interrupted``; the
+        trials themselves continue from their last finished fold on ``--resume``."""
+        for tid in sorted(trial_ids & self._open):
+            self._open.discard(tid)
+
+            def kill(cl: Any, tid: str = tid) -> None:
+                run_id = self._runs.pop(tid, None)
+                if run_id is not None:
+                    tracking.set_tags(cl, run_id, {tracking.STATUS: "interrupted"})
+                    tracking._with_retry(cl.set_terminated, run_id, status="KILLED")
+
+            self._submit(tid, kill)

@@ -1,0 +1,89 @@
+"""The driver's MLflow callback: state read once, writes queued in order, runs closed right."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ray import tune
+
+from bst_search import tracking
+from bst_search.search_space import load_space
+from bst_search.sweep_logger import MlflowTrialLogger, Writers
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+
+
+class _Counting:
+    """An MlflowClient that counts its search_runs calls."""
+
+    calls = 0
+
+    def __init__(self, cl) -> None:
+        self.cl = cl
+
+    def __getattr__(self, name):
+        if name == "search_runs":
+            _Counting.calls += 1
+        return getattr(self.cl, name)
+
+
+def _trial(tid: str, tmp_path: Path, result: dict) -> SimpleNamespace:
+    d = tmp_path / tid
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"oof_hF": 0.5}))
+    (d / "config.yaml").write_text("seed: 0\n")
+    return SimpleNamespace(trial_id=tid, config={"train.lr": 1e-3}, last_result=result,
+                           checkpoint=tune.Checkpoint.from_directory(str(d)), status="TERMINATED")
+
+
+def test_results_never_search_mlflow_and_writes_keep_their_order(tmp_path, monkeypatch):
+    real = tracking.client
+    monkeypatch.setattr(tracking, "client", lambda uri: _Counting(real(uri)))
+    uri = tracking.tracking_uri(tmp_path)
+    lg = MlflowTrialLogger(uri, str(tmp_path), "exp", "sw-1", {"data_fp": "d"}, load_space(SMOKE), 5)
+    assert lg.start() == []
+    after_start = _Counting.calls
+    final = {"trial_status": "complete", "oof_hF": 0.5, "oof_hF_strict": 0.4, "folds_done": 5}
+    t1 = _trial("t1", tmp_path, final)
+    t2 = _trial("t2", tmp_path, {"trial_status": "running"})
+    lg.setup()
+    for t in (t1, t2):
+        lg.on_trial_start(0, [], t)
+    for k in range(5):
+        lg.on_trial_result(0, [], t1, {"fold": k, "fold_hF": 0.1 * k, "fold_hF_strict": 0.1 * k,
+                                        "node": "n1" if k < 3 else "n2"})
+    lg.on_trial_result(0, [], t2, {"fold": 0, "fold_hF": 0.3, "fold_hF_strict": 0.3, "node": "n1"})
+    lg.on_trial_complete(0, [], t1)
+    assert lg.cut_off() == {"t2"}  # started, never ended: Ctrl-C cut it off
+    lg.interrupt(lg.cut_off())
+    assert lg.drain() == []
+    assert _Counting.calls == after_start  # nothing searched per result or per trial
+    shared = pickle.loads(pickle.dumps(lg))  # what Tune restores from tuner.pkl drives this one
+    assert shared._done is lg._done
+    lg.close()
+
+    cl = real(uri)
+    runs = {r.data.tags["bst.trial_id"]: r for r in tracking.find_runs(cl, lg.experiment_id, sweep="sw-1")}
+    r1, r2 = runs["t1"], runs["t2"]
+    assert (r1.info.status, r1.data.tags["bst.status"]) == ("FINISHED", "complete")
+    history = cl.get_metric_history(r1.info.run_id, "fold_hF")
+    assert [(m.step, m.value) for m in history] == [(k, pytest.approx(0.1 * k)) for k in range(5)]
+    assert (r1.data.tags["bst.node"], r1.data.tags["bst.nodes"]) == ("n2", "n1,n2")
+    assert {a.path for a in cl.list_artifacts(r1.info.run_id)} == {"metrics.json", "config.yaml"}
+    assert (r2.info.status, r2.data.tags["bst.status"]) == ("KILLED", "interrupted")
+
+
+def test_writers_run_each_keys_writes_in_order(tmp_path):
+    w = Writers(tracking.tracking_uri(tmp_path), n=3, maxsize=4)  # a small queue: back-pressure
+    seen: dict[str, list[int]] = {}
+    for i in range(60):
+        key = f"k{i % 5}"
+        w.submit(key, lambda cl, key=key, i=i: seen.setdefault(key, []).append(i))
+    w.submit("k0", lambda cl: 1 / 0)  # a failing write is reported, the others go on
+    w.close()
+    assert all(v == sorted(v) and len(v) == 12 for v in seen.values()) and len(seen) == 5
+    assert len(w.errors) == 1 and "ZeroDivisionError" in w.errors[0]
