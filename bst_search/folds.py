@@ -37,6 +37,35 @@ def train_val_split(y: np.ndarray, fold: np.ndarray, k: int,
     return trainval[tr], trainval[va]
 
 
+def holdout_mask(y: np.ndarray, fraction: float, seed: int = FOLD_SEED) -> np.ndarray:
+    """mask[i] = development row i is in the holdout: a stratified ``fraction`` of the rows.
+
+    ``--holdout-fraction``: these rows are set aside before the folds are drawn (the folds
+    are then ``assign_folds`` over the other rows, in metadata order), so no trial trains,
+    validates or is scored on them and no ensemble selection sees them.
+    """
+    y = np.asarray(y)
+    mask = np.zeros(len(y), dtype=bool)
+    if fraction <= 0:
+        return mask
+    if not fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    sss = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    try:
+        _, hold = next(sss.split(np.zeros(len(y)), y))
+    except ValueError as exc:  # too few rows for a stratified holdout of this size
+        raise ValueError(f"holdout fraction {fraction} of {len(y)} development rows: {exc}") from exc
+    mask[hold] = True
+    return mask
+
+
+def development_fold_fp(ids: np.ndarray, y: np.ndarray, n_folds: int,
+                        holdout_fraction: float = 0.0) -> str:
+    """The fold fingerprint every trial of a sweep logs, holdout rows set aside first."""
+    keep = ~holdout_mask(y, holdout_fraction)
+    return fold_fingerprint(np.asarray(ids)[keep], assign_folds(np.asarray(y)[keep], n_folds))
+
+
 def fold_fingerprint(ids: np.ndarray, fold: np.ndarray) -> str:
     """Short hash of (id, fold) pairs: two trials may be combined only when it is equal."""
     h = hashlib.sha256()

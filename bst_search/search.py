@@ -87,6 +87,10 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=("asha", "median", "none"),
                    help="early stopping on per-fold results (default: the space's, else asha)")
     p.add_argument("--folds", type=int, help=f"cross-validation folds (default {FOLDS_DEFAULT})")
+    p.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
+                   help="set a stratified fraction F of the development rows aside before the "
+                        "folds are drawn: no trial trains, validates or is scored on it, no "
+                        "ensemble selection sees it; the ensemble scores it once (default 0)")
     p.add_argument("--seed", type=int, help=f"seed of the sampler (default {SEED_DEFAULT})")
     p.add_argument("--sampler", choices=("tpe", "random", "gp"),
                    help="Optuna sampler: constant-liar TPE (default), random, or Gaussian process")
@@ -129,7 +133,7 @@ def _assigned_device() -> tuple[str, int, str]:
 
 
 def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, space: Any,
-             n_folds: int) -> None:
+             n_folds: int, holdout_fraction: float = 0.0) -> None:
     """Ray Tune function trainable: one cross-validated trial, reporting after every fold."""
     import torch
     from ray import tune
@@ -165,7 +169,7 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
                     os._exit(17)  # the worker process dies without cleanup
 
         metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
-                            device=device, on_fold=on_fold)
+                            device=device, on_fold=on_fold, holdout_fraction=holdout_fraction)
         last = metrics["folds"][-1]
         per_fold = {f"fold{r['fold']}_{k}": r[k] for r in metrics["folds"] for k in ("hF", "hF_strict")}
         final = {**_report_metrics(metrics), **per_fold, "fold": last["fold"], "folds_done": n_folds,
@@ -283,9 +287,17 @@ def run_search(args: argparse.Namespace, trial: Any = None) -> dict[str, Any]:
         lease.release()
 
 
+def _holdout(args: argparse.Namespace) -> float:
+    """--holdout-fraction, checked."""
+    holdout = getattr(args, "holdout_fraction", 0.0) or 0.0
+    if not 0 <= holdout < 1:
+        raise SystemExit(f"error: --holdout-fraction must be in [0, 1), got {holdout}")
+    return float(holdout)
+
+
 def _load_data(args: argparse.Namespace, space: Any, folds: int) -> tuple[Any, Any, Any, dict[str, str]]:
     from bst_search.data import load_dataset
-    from bst_search.folds import assign_folds, fold_fingerprint
+    from bst_search.folds import development_fold_fp
 
     backbones = space.backbones_needed()
 
@@ -294,7 +306,12 @@ def _load_data(args: argparse.Namespace, space: Any, folds: int) -> tuple[Any, A
                 if root else None)
 
     dev, ev, crowd = load(args.data), load(args.eval_data), load(args.crowd_data)
-    fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fingerprint(dev.ids, assign_folds(dev.y, folds)),
+    holdout = _holdout(args)  # the trials' folds leave these rows out
+    try:
+        fold_fp = development_fold_fp(dev.ids, dev.y, folds, holdout)
+    except ValueError as exc:
+        raise SystemExit(f"error: --holdout-fraction: {exc}") from exc
+    fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
     return dev, ev, crowd, fps
 
@@ -343,7 +360,8 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
     if stored is not None:
         print(f"resuming sweep {sweep}: {len(closed)} interrupted run(s) marked KILLED")
     trainable = tune.with_resources(
-        tune.with_parameters(trial, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds),
+        tune.with_parameters(trial, dev=dev, eval_data=ev, crowd=crowd, space=space, n_folds=folds,
+                             **({"holdout_fraction": _holdout(args)} if _holdout(args) else {})),
         {"cpu": fixed["cpus_per_trial"], "gpu": fixed["gpus_per_trial"]})
 
     def new_tuner(name: str, n: int, warm: list | None = None) -> Any:

@@ -12,7 +12,8 @@ Run schema (DESIGN.md, "Tracking"):
   params   the resolved configuration's keys the trial uses (config.active_keys)
   metrics  oof_hF, oof_hF_strict, oof_hP, oof_hR, oof_acc, oof_top_acc, fold_hF_mean,
            fold_hF_std, hF_<code>, timings; fold_hF and fold_hF_strict with step = fold
-  artifacts oof.parquet, eval.parquet, config.yaml, metrics.json
+  artifacts oof.parquet, eval.parquet, holdout.parquet (--holdout-fraction), config.yaml,
+           metrics.json
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ CPUS, GPUS, RUN_NAME, NOTE = "bst.cpus", "bst.gpus", "mlflow.runName", "mlflow.n
 VIEW_KEY = "bst-sweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # MLflow UI: a shareable runs-table view
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # MLflow 3
-ARTIFACTS = ("oof.parquet", "eval.parquet", "config.yaml", "metrics.json")
+ARTIFACTS = ("oof.parquet", "eval.parquet", "holdout.parquet", "config.yaml", "metrics.json")
 SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict", "oof_hR_strict",
                    "oof_acc", "oof_top_acc", "oof_macro_acc", "oof_macro_top_acc", "oof_top2_acc",
                    "oof_top_top2_acc", "oof_n_never_predicted", "fold_hF_mean", "fold_hF_std",

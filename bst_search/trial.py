@@ -11,6 +11,7 @@ mid-way continues from its last finished fold when run again on the same directo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import pandas as pd
 from bst_search import config as config_mod
 from bst_search import metrics
 from bst_search.data import DataError, Dataset, is_text_backbone
-from bst_search.folds import assign_folds, fold_fingerprint, train_val_split
+from bst_search.folds import assign_folds, fold_fingerprint, holdout_mask, train_val_split
 from bst_search.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
@@ -62,12 +63,32 @@ def check_backbones(cfg: dict[str, Any], *datasets: Dataset | None) -> list[str]
     return backbones
 
 
+def _rows(ds: Dataset, mask: np.ndarray) -> Dataset:
+    """The rows of ``ds`` where ``mask`` is True, as a dataset of its own."""
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[mask]
+
+    return dataclasses.replace(ds, ids=ds.ids[mask], y=pick(ds.y), confidence=pick(ds.confidence),
+                               uploader=pick(ds.uploader),
+                               features={b: m[mask] for b, m in ds.features.items()},
+                               fingerprint="")
+
+
+def _prediction_frame(ds: Dataset, fold: int, proba: np.ndarray) -> pd.DataFrame:
+    """sound_id, fold (of the model that predicted), label, p_<code>: the oof.parquet layout."""
+    head = pd.DataFrame({"sound_id": ds.ids.astype(str), "fold": int(fold),
+                         "label": np.asarray(CODES)[ds.y]})
+    return pd.concat([head, pd.DataFrame(proba.astype(np.float32), columns=list(PROBA_COLUMNS))],
+                     axis=1)
+
+
 def _fold_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0] % (2**31))
 
 
 def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None = None, crowd: Dataset | None = None,
+             holdout: Dataset | None = None,
              device: Any = None, on_epoch: Callable[[dict], None] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train fold k and predict its held-out rows (and the evaluation set).
@@ -124,6 +145,8 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     proba = training.predict_proba(result.model, X_test, device=device)
     X_eval = eval_data.X(backbones) if eval_data is not None else None
     eval_proba = None if X_eval is None else training.predict_proba(result.model, X_eval, device=device)
+    X_hold = holdout.X(backbones) if holdout is not None else None  # predicted, like eval
+    hold_proba = None if X_hold is None else training.predict_proba(result.model, X_hold, device=device)
     post = cfg["post"]
     if post["knn_alpha"] > 0:  # the bank: exactly the rows the model was trained on
         prior = KnnPrior(retrieval_space(X_train), y_train, k=post["knn_k"], tau=post["knn_tau"],
@@ -131,9 +154,12 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
         proba = blend(proba, prior.predict(retrieval_space(X_test)), post["knn_alpha"])
         if X_eval is not None:
             eval_proba = blend(eval_proba, prior.predict(retrieval_space(X_eval)), post["knn_alpha"])
+        if X_hold is not None:
+            hold_proba = blend(hold_proba, prior.predict(retrieval_space(X_hold)), post["knn_alpha"])
     fm = metrics.evaluate(dev.y[test_idx], proba)
     return {
         "fold": k, "test_idx": test_idx, "proba": proba, "eval_proba": eval_proba,
+        "holdout_proba": hold_proba,
         "n_train": int(len(y_train)), "n_crowd": n_crowd, "n_val": int(len(val_idx)),
         "n_test": int(len(test_idx)), "hF": fm["hF"], "hF_strict": fm["hF_strict"], "acc": fm["acc"],
         "best_epoch": result.best_epoch, "epochs": result.epochs, "best_val_hF": result.best_val_hF,
@@ -155,11 +181,12 @@ def _epoch_logger(log: Callable[[str], None] | None, k: int,
     return on_epoch
 
 
+_ARRAYS = ("test_idx", "proba", "eval_proba", "holdout_proba")
+
+
 def _save_fold(path: Path, res: dict[str, Any]) -> None:
-    arrays = {"test_idx": res["test_idx"], "proba": res["proba"]}
-    if res["eval_proba"] is not None:
-        arrays["eval_proba"] = res["eval_proba"]
-    info = {k: v for k, v in res.items() if k not in ("test_idx", "proba", "eval_proba")}
+    arrays = {k: res[k] for k in _ARRAYS if res.get(k) is not None}
+    info = {k: v for k, v in res.items() if k not in _ARRAYS}
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
 
     def write(tmp: Path) -> None:
@@ -172,8 +199,7 @@ def _save_fold(path: Path, res: dict[str, Any]) -> None:
 def _load_fold(path: Path) -> dict[str, Any]:
     with np.load(path) as z:
         res = json.loads(z["info"].tobytes().decode())
-        res["test_idx"], res["proba"] = z["test_idx"], z["proba"]
-        res["eval_proba"] = z["eval_proba"] if "eval_proba" in z.files else None
+        res.update({k: z[k] if k in z.files else None for k in _ARRAYS})
     return res
 
 
@@ -199,11 +225,15 @@ def running_objectives(y: np.ndarray, results: list[dict[str, Any]]) -> dict[str
 def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
               eval_data: Dataset | None = None, crowd: Dataset | None = None,
               n_folds: int = 5, device: Any = None, on_fold: FoldCallback | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None,
+              holdout_fraction: float = 0.0) -> dict[str, Any]:
     """Run (or resume) a cross-validated trial; write its outputs; return ``metrics.json``.
 
     ``on_fold`` is called after every fold with the fold's results and the running mean,
     which is what the search driver reports to Ray Tune's early-stopping scheduler.
+    ``holdout_fraction`` sets a stratified part of the development rows aside before the
+    folds are drawn: every fold model predicts it (``holdout.parquet``, one block per fold
+    model), nothing is fitted, validated or scored on it here.
     """
     cfg = config_mod.validate(cfg)
     if not dev.labelled:
@@ -213,13 +243,20 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
     if cfg["data"]["crowd"] != "none" and crowd is None:
         raise DataError(f"data.crowd={cfg['data']['crowd']} needs a crowd dataset (--crowd-data)")
     check_backbones(cfg, dev, eval_data, crowd if cfg["data"]["crowd"] != "none" else None)
+    holdout = None
+    if holdout_fraction > 0:
+        hold = holdout_mask(dev.y, holdout_fraction)
+        holdout, dev = _rows(dev, hold), _rows(dev, ~hold)
+        if crowd is not None:  # a holdout sound must not come back through the crowd set
+            crowd = _rows(crowd, ~np.isin(crowd.ids, holdout.ids))
     out = Path(out_dir)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     fold = assign_folds(dev.y, n_folds)
     state = {"config": _config_hash(cfg), "data_fp": dev.fingerprint,
              "fold_fp": fold_fingerprint(dev.ids, fold),
              "eval_fp": eval_data.fingerprint if eval_data is not None else "",
-             "crowd_fp": crowd.fingerprint if crowd is not None and cfg["data"]["crowd"] != "none" else ""}
+             "crowd_fp": crowd.fingerprint if crowd is not None and cfg["data"]["crowd"] != "none" else "",
+             "holdout_fraction": float(holdout_fraction)}
     state_path = out / "state.json"
     if state_path.exists() and json.loads(state_path.read_text()) != state:
         for stale in (out / "folds").glob("fold_*.npz"):  # another config or data: start over
@@ -234,7 +271,7 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
             res, resumed = _load_fold(path), True
         else:
             res, resumed = run_fold(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd,
-                                    device=device, on_epoch=_epoch_logger(log, k), log=log), False
+                                    holdout=holdout, device=device, on_epoch=_epoch_logger(log, k), log=log), False
             _save_fold(path, res)
         results.append(res)
         how = "resumed" if resumed else f"{res['seconds']:.1f}s, {res['epochs']} epochs"
@@ -264,9 +301,9 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
         "wall_seconds": float(time.perf_counter() - t0),
         "epochs_mean": float(np.mean([r["epochs"] for r in results])),
         "n_dev": int(len(dev.ids)), "n_excluded": int(dev.n_excluded),
+        "n_holdout": 0 if holdout is None else int(len(holdout.ids)),
         **state,
-        "folds": [{k: v for k, v in r.items() if k not in ("test_idx", "proba", "eval_proba")}
-                  for r in results],
+        "folds": [{k: v for k, v in r.items() if k not in _ARRAYS} for r in results],
     })
     if m["n_never_predicted"] > 0:
         log and log(f"warning: {int(m['n_never_predicted'])} class(es) never predicted: "
@@ -278,6 +315,10 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
         frame = pd.concat([pd.DataFrame({"id": eval_data.ids.astype(str)}),
                            pd.DataFrame(ev, columns=list(PROBA_COLUMNS))], axis=1)
         _atomic_write(out / "eval.parquet", lambda p: frame.to_parquet(p, index=False))
+    if holdout is not None:
+        hold_frame = pd.concat([_prediction_frame(holdout, r["fold"], r["holdout_proba"])
+                                for r in results], ignore_index=True)
+        _atomic_write(out / "holdout.parquet", lambda p: hold_frame.to_parquet(p, index=False))
     _atomic_write(out / "config.yaml", lambda p: config_mod.dump(cfg, p))
     _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(out_metrics, indent=1)))
     return out_metrics

@@ -174,12 +174,15 @@ def test_candidates_refused_and_listed_with_reasons(store, tmp_path):
     assert cs.eval_proba.shape == (4, N_EVAL, N_CLASSES)
     assert cs.eval_ids.tolist() == EVAL_IDS[store["order"]].tolist()
     ev0 = _eval(0, 0.55)[list(PROBA_COLUMNS)].to_numpy(np.float32)
-    assert np.array_equal(cs.eval_proba[0], ev0[store["order"]])
+    # stored in float16 by default: equal to the source rounded once, off by < 2^-11 of it
+    assert np.array_equal(cs.eval_proba[0], ev0[store["order"]].astype(np.float16).astype(np.float32))
+    assert np.allclose(cs.eval_proba[0], ev0[store["order"]], rtol=2.0**-11, atol=0)
     assert cs.infos[0].backbones_config == ["clap_audio", "clap_text"]
 
 
 def test_rows_aligned_to_the_first_candidate_order(store, tmp_path):
-    cs = load_candidates("exp", tracking_uri=store["uri"], cache_dir=tmp_path / "cache")
+    cs = load_candidates("exp", tracking_uri=store["uri"], cache_dir=tmp_path / "cache",
+                         store_dtype="float32")
     assert cs.sound_ids.tolist() == DEV_IDS.tolist()
     good2 = _oof(2, 0.65)[list(PROBA_COLUMNS)].to_numpy(np.float32)
     assert np.array_equal(cs.proba[2], good2)
@@ -267,6 +270,13 @@ def test_coordinator_end_to_end(store, tmp_path, capsys):
     assert "the number to believe" in printed and "left out" in printed
     assert "best single" in printed and "honest" in printed and "submission.csv written" in printed
     assert "loss.alpha" in printed and "model.name" in printed
+    # pooled beside fold mean for every row, and what the honest estimate does not cover
+    assert "fold mean ± std" in printed and "not the search that produced the pool" in printed
+    for key in ("best_single", "selected"):
+        assert rep[key]["fold_mean_hF_strict"] == pytest.approx(
+            np.mean(rep[key]["per_fold_strict"]))
+    assert rep["honest"]["pooled_hF_strict"] > 0 and rep["holdout"] is None
+    assert "holdout: none" in printed
     # the MLflow run
     client = MlflowClient(store["uri"])
     exp = client.get_experiment_by_name("exp")

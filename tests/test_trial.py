@@ -118,3 +118,46 @@ def test_cli_trial_with_preset_and_overrides(tiny_data, tmp_path):
     assert pd.read_parquet(out / "oof.parquet")["fold"].nunique() == 3
     bad = subprocess.run(cmd[:-2] + ["--set", "model.fusoin=x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "model.fusoin" in bad.stderr
+
+
+def test_holdout_rows_never_reach_a_fit_or_the_oof(dev, ev, tiny_data, tmp_path, monkeypatch):
+    """--holdout-fraction: the rows set aside are predicted by every fold model, seen by none."""
+    import dataclasses
+
+    from bst_search import training
+    from bst_search.folds import holdout_mask
+
+    hold = holdout_mask(dev.y, 0.25)
+    assert 0.2 < hold.mean() < 0.3
+    crowd = load_dataset(tiny_data["crowd"])
+    # the holdout sounds planted in the crowd set too: they must not come back that way
+    crowd = dataclasses.replace(
+        crowd, ids=np.concatenate([crowd.ids, dev.ids[hold]]), y=np.concatenate([crowd.y, dev.y[hold]]),
+        confidence=None, uploader=None, fingerprint="",
+        features={b: np.concatenate([crowd.features[b], dev.features[b][hold]]) for b in crowd.features})
+    cfg = _cfg(**{"data.crowd": "all"})
+    b0 = cfg["backbones"][0]
+    held_rows = {r.tobytes() for r in dev.features[b0][hold]}
+    fits: list[int] = []
+    real_fit = training.fit
+
+    def spy_fit(cfg, X_train, y_train, X_val, y_val, **kw):
+        for x in (X_train[0], X_val[0]):
+            assert not any(r.tobytes() in held_rows for r in x), "a holdout row reached a fit"
+        fits.append(len(y_train))
+        return real_fit(cfg, X_train, y_train, X_val, y_val, **kw)
+
+    monkeypatch.setattr(training, "fit", spy_fit)
+    m = run_trial(cfg, dev, tmp_path, eval_data=ev, crowd=crowd, holdout_fraction=0.25)
+    assert len(fits) == 5
+    oof = pd.read_parquet(tmp_path / "oof.parquet")
+    held_ids = set(dev.ids[hold])
+    assert not held_ids & set(oof["sound_id"]) and len(oof) == int((~hold).sum())
+    # the folds are the official protocol on the remaining rows, in metadata order
+    assert np.array_equal(oof["fold"].to_numpy(), assign_folds(dev.y[~hold]))
+    ho = pd.read_parquet(tmp_path / "holdout.parquet")
+    assert list(ho.columns) == ["sound_id", "fold", "label", *PROBA_COLUMNS]
+    assert sorted(ho["fold"].unique()) == [0, 1, 2, 3, 4] and len(ho) == 5 * int(hold.sum())
+    assert set(ho["sound_id"]) == held_ids
+    assert m["n_holdout"] == int(hold.sum()) and m["holdout_fraction"] == 0.25
+    assert not any(k.startswith("holdout_hF") for k in m), "no trial scores the holdout"

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
+from bst_search.ensemble.store import PredictionStore
+from bst_search.taxonomy import CODES, PROBA_COLUMNS
 
 KIND_TAG = "bst.kind"
 OOF_FILE = "oof.parquet"
 EVAL_FILE = "eval.parquet"
 CONFIG_FILE = "config.yaml"
-ARTIFACTS: tuple[str, ...] = (OOF_FILE, EVAL_FILE, CONFIG_FILE)
+HOLDOUT_FILE = "holdout.parquet"
+ARTIFACTS: tuple[str, ...] = (OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE)
+FETCH_THREADS = 8  # artifact downloads in flight at once
 SUM_TOLERANCE = 1e-3  # |row sum - 1| allowed in probability rows
 _MANIFEST = "manifest.json"
 
@@ -67,7 +71,7 @@ class CandidateSet:
     """Aligned predictions of the accepted candidates (rows in the reference order)."""
 
     infos: list[CandidateInfo]
-    proba: np.ndarray  # (C, N, 23) float32
+    store: PredictionStore  # (C, N, 23) OOF predictions, on disk
     labels: np.ndarray  # (N,) int64 taxonomy indices
     folds: np.ndarray  # (N,) int64
     sound_ids: np.ndarray  # (N,) str
@@ -75,10 +79,33 @@ class CandidateSet:
     data_fp: str
     fold_fp: str
     eval_fp: str = ""
-    eval_proba: np.ndarray | None = None  # (C, M, 23) float32 when every candidate has eval
+    eval_store: PredictionStore | None = None  # (C, M, 23) when every candidate has eval
     eval_ids: np.ndarray | None = None
     eval_order: str = ""  # where the eval id order comes from
     notes: list[str] = field(default_factory=list)
+    n_total: int = 0  # accepted candidates before narrowing to a working set (0: not narrowed)
+    index: np.ndarray | None = None  # store index of each info after narrowing (None: identity)
+    # --holdout-fraction: (C, F * H, 23) predictions of the H holdout rows by each of the F fold
+    # models (fold-major), their ids and labels in that order, and the fold model ids
+    holdout_store: PredictionStore | None = None
+    holdout_ids: np.ndarray | None = None
+    holdout_labels: np.ndarray | None = None
+    holdout_folds: list[int] = field(default_factory=list)
+
+    def store_index(self, members: np.ndarray) -> np.ndarray:
+        """Store indices of the given candidates (positions in ``infos``)."""
+        members = np.asarray(members, dtype=np.int64)
+        return members if self.index is None else self.index[members]
+
+    @property
+    def proba(self) -> np.ndarray:
+        """All candidates' OOF predictions, (C, N, 23) float32, in memory: small sets only."""
+        return self.store.take(range(self.store.n))
+
+    @property
+    def eval_proba(self) -> np.ndarray | None:
+        """All candidates' evaluation predictions, (C, M, 23) float32, or None."""
+        return None if self.eval_store is None else self.eval_store.take(range(self.eval_store.n))
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,11 +122,15 @@ def fetch_artifacts(client: Any, run_id: str, cache_root: Path,
     """
     import mlflow.artifacts
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours counts runs
     entry = cache_root / run_id
     manifest = entry / _MANIFEST
     if manifest.is_file():
-        present = set(json.loads(manifest.read_text())["present"])
-        return {name: (entry / name if name in present else None) for name in ARTIFACTS}
+        saved = json.loads(manifest.read_text())
+        if set(saved.get("looked_for", ARTIFACTS[:2] + ARTIFACTS[3:])) >= set(ARTIFACTS):
+            present = set(saved["present"])
+            return {name: (entry / name if name in present else None) for name in ARTIFACTS}
+        # an entry from before an artifact was added to ARTIFACTS: fetched again below
     cache_root.mkdir(parents=True, exist_ok=True)
     names = {f.path for f in client.list_artifacts(run_id)}
     tmp = cache_root / f".{run_id}.partial-{os.getpid()}"
@@ -111,7 +142,8 @@ def fetch_artifacts(client: Any, run_id: str, cache_root: Path,
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
                                                 dst_path=str(tmp), tracking_uri=tracking_uri)
             present.append(name)
-    (tmp / _MANIFEST).write_text(json.dumps({"run_id": run_id, "present": present}))
+    (tmp / _MANIFEST).write_text(json.dumps({"run_id": run_id, "present": present,
+                                             "looked_for": list(ARTIFACTS)}))
     shutil.rmtree(entry, ignore_errors=True)  # a half entry left by a crash
     try:
         os.replace(tmp, entry)
@@ -218,9 +250,52 @@ def validate_oof(frame: pd.DataFrame) -> str | None:
     return _check_proba(frame, OOF_FILE)
 
 
+def validate_holdout(frame: pd.DataFrame) -> str | None:
+    """Reason why a holdout prediction table breaks the trial contract, or None.
+
+    Same columns as oof.parquet; ``fold`` names the fold model, and every (sound, fold
+    model) pair appears once, for the same sounds under every fold model.
+    """
+    missing = [c for c in ("sound_id", "fold", "label") if c not in frame.columns]
+    if missing:
+        return f"{HOLDOUT_FILE}: missing columns {missing}"
+    pairs = frame["sound_id"].astype(str) + "@" + frame["fold"].astype(str)
+    reason = _check_ids(pairs, HOLDOUT_FILE, "(sound_id, fold)")
+    if reason:
+        return reason
+    per_fold = frame.groupby("fold")["sound_id"].apply(lambda s: frozenset(s.astype(str)))
+    if per_fold.nunique() != 1:
+        return f"{HOLDOUT_FILE}: the fold models predicted different sounds"
+    return _check_proba(frame, HOLDOUT_FILE)
+
+
+def _holdout_key(frame: pd.DataFrame) -> str:
+    """Hash of the holdout's (sound, label) pairs and fold models."""
+    pairs = sorted(set(zip(frame["sound_id"].astype(str), frame["label"].astype(str), strict=True)))
+    folds = sorted(set(frame["fold"].astype(int)))
+    return hashlib.sha1(repr((pairs, folds)).encode()).hexdigest()
+
+
 def validate_eval(frame: pd.DataFrame) -> str | None:
     """Reason why an evaluation prediction table breaks the trial contract, or None."""
     return _check_ids(frame["id"], EVAL_FILE, "id") or _check_proba(frame, EVAL_FILE)
+
+
+def _check_optional_tables(paths: dict[str, Path | None]) -> tuple[str | None, str | None,
+                                                                    str | None]:
+    """(reason, eval id hash, holdout key) of eval.parquet and holdout.parquet when present."""
+    keys: dict[str, str | None] = {EVAL_FILE: None, HOLDOUT_FILE: None}
+    for name, id_column, check, key in (
+            (EVAL_FILE, "id", validate_eval, lambda f: _ids_hash(f["id"].to_numpy())),
+            (HOLDOUT_FILE, "sound_id", validate_holdout, _holdout_key)):
+        if paths[name] is None:
+            continue
+        frame, reason = _read_table(paths[name], name, id_column)
+        reason = reason or check(frame)
+        if reason:
+            return reason, None, None
+        keys[name] = key(frame)
+    return None, keys[EVAL_FILE], keys[HOLDOUT_FILE]
 
 
 def _config_backbones(path: Path | None) -> list[str] | None:
@@ -273,13 +348,20 @@ def _list_trial_runs(client: Any, experiment_id: str) -> list[Any]:
 
 def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.PathLike[str],
                     data_fp: str | None = None, fold_fp: str | None = None,
-                    eval_ids: np.ndarray | None = None, client: Any = None) -> CandidateSet:
+                    eval_ids: np.ndarray | None = None, client: Any = None,
+                    store_dtype: str = "float16", float32_up_to: int = 0,
+                    progress: bool = False) -> CandidateSet:
     """Collect, validate and align the candidates of ``experiment``.
 
     ``eval_ids`` (from the evaluation metadata) fixes the evaluation id set and order;
-    without it the first candidate's eval.parquet order is used.
+    without it the first candidate's eval.parquet order is used. Predictions go to
+    :class:`PredictionStore` files in ``cache_dir`` (``store_dtype``), never all in memory;
+    ``store_dtype="auto"`` is float32 up to ``float32_up_to`` candidates (a set that will be
+    held whole anyway keeps full precision), float16 above;
+    ``progress`` shows a bar per pass (10,000 runs take minutes the first time).
     """
     from mlflow.tracking import MlflowClient
+    from tqdm.auto import tqdm
 
     client = client or MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -324,28 +406,36 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
 
     # pass 1: fetch and check each table alone; remember id sets for the majority vote
     checked: list[tuple[Any, dict[str, Path | None], str, str | None]] = []
-    for run in pending:
-        paths = fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
+    hold_keys: dict[str, str] = {}  # run id -> holdout key, for runs with holdout.parquet
+
+    def fetch(run: Any) -> dict[str, Path | None]:
+        return fetch_artifacts(client, run.info.run_id, cache_root, tracking_uri)
+
+    def check(run: Any, paths: dict[str, Path | None]) -> None:
         if paths[OOF_FILE] is None:
             status = run.data.tags.get("bst.status", "")
             note = run.data.tags.get("bst.note", "")
             why = f" (bst.status {status}{': ' + note if note else ''})" if status not in ("", "complete") else ""
             left.append(LeftOut(run.info.run_id, trial_of(run), f"no {OOF_FILE} artifact{why}"))
-            continue
+            return
         frame, reason = _read_table(paths[OOF_FILE], OOF_FILE, "sound_id")
         reason = reason or validate_oof(frame)
+        if not reason:
+            reason, eval_hash, hold_key = _check_optional_tables(paths)
         if reason:
             left.append(LeftOut(run.info.run_id, trial_of(run), reason))
-            continue
-        eval_hash: str | None = None
-        if paths[EVAL_FILE] is not None:
-            ev, reason = _read_table(paths[EVAL_FILE], EVAL_FILE, "id")
-            reason = reason or validate_eval(ev)
-            if reason:
-                left.append(LeftOut(run.info.run_id, trial_of(run), reason))
-                continue
-            eval_hash = _ids_hash(ev["id"].to_numpy())
+            return
+        if hold_key is not None:
+            hold_keys[run.info.run_id] = hold_key
         checked.append((run, paths, _ids_hash(frame["sound_id"].to_numpy()), eval_hash))
+
+    # downloads overlap in a few threads (a tracking server is network-bound); checks in order
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        fetched = pool.map(fetch, pending)
+        for run, paths in tqdm(zip(pending, fetched, strict=True), total=len(pending),
+                               desc="candidates: fetch and check", unit="run",
+                               disable=not progress):
+            check(run, paths)
     if not checked:
         raise CandidateError(_nothing_left(experiment, left))
 
@@ -384,12 +474,33 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
         efp = Counter(v for v in efp_votes if v).most_common(1)[0][0] if any(efp_votes) else ""
     ref_eval_hash = _ids_hash(ref_eval_ids) if ref_eval_ids is not None else None
 
+    # holdout (--holdout-fraction): on when most candidates predicted one
+    ref_hold_key: str | None = None
+    hold_ids = hold_labels = None
+    hold_folds: list[int] = []
+    if 2 * len(hold_keys) > len(checked):
+        ref_hold_key = Counter(hold_keys.values()).most_common(1)[0][0]
+        first = next(c for c in checked if hold_keys.get(c[0].info.run_id) == ref_hold_key)
+        ho = pd.read_parquet(first[1][HOLDOUT_FILE], columns=["sound_id", "fold", "label"])
+        hold_folds = sorted(int(f) for f in ho["fold"].unique())
+        block = ho[ho["fold"] == hold_folds[0]]
+        hold_ids = block["sound_id"].astype(str).to_numpy(dtype=object)
+        hold_labels = block["label"].astype(str).to_numpy()
+    elif hold_keys:
+        notes.append(f"only {len(hold_keys)} of {len(checked)} candidates have {HOLDOUT_FILE}: "
+                     "holdout ignored")
+
     # pass 2: align every accepted candidate to the reference rows, straight into the tensor
-    proba = np.empty((len(checked), len(ref_ids), N_CLASSES), dtype=np.float32)
-    eval_proba = (np.empty((len(checked), len(ref_eval_ids), N_CLASSES), dtype=np.float32)
-                  if ref_eval_ids is not None else None)
+    if store_dtype == "auto":
+        store_dtype = "float32" if len(checked) <= float32_up_to else "float16"
+    proba = PredictionStore(len(checked), len(ref_ids), dtype=store_dtype, directory=cache_root)
+    eval_proba = (PredictionStore(len(checked), len(ref_eval_ids), dtype=store_dtype,
+                                  directory=cache_root) if ref_eval_ids is not None else None)
+    holdout = (PredictionStore(len(checked), len(hold_folds) * len(hold_ids), dtype=store_dtype,
+                               directory=cache_root) if hold_ids is not None else None)
     infos: list[CandidateInfo] = []
-    for run, paths, ids_hash, eval_hash in checked:
+    for run, paths, ids_hash, eval_hash in tqdm(checked, desc="candidates: align", unit="run",
+                                                disable=not progress):
         rid, tid = run.info.run_id, trial_of(run)
         if ids_hash != ref_hash:
             frame = pd.read_parquet(paths[OOF_FILE], columns=["sound_id"])
@@ -435,12 +546,25 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
             left.append(LeftOut(rid, tid, f"fold assignment differs from trial {trial_of(ref_run)} "
                                           f"on {n_bad} ids (same bst.fold_fp tag)"))
             continue
-        k = len(infos)
-        proba[k] = frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[order]
+        if ref_hold_key is not None and hold_keys.get(rid) != ref_hold_key:
+            left.append(LeftOut(rid, tid, f"no {HOLDOUT_FILE} (most candidates have one)"
+                                if rid not in hold_keys else
+                                f"{HOLDOUT_FILE} differs from the majority's (sounds, labels or "
+                                f"fold models)"))
+            continue
+        proba.append(frame[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[order])
+        if holdout is not None:
+            ho = pd.read_parquet(paths[HOLDOUT_FILE])
+            blocks = []
+            for f in hold_folds:
+                part = ho[ho["fold"] == f]
+                at = pd.Index(part["sound_id"].astype(str)).get_indexer(hold_ids)
+                blocks.append(part[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[at])
+            holdout.append(np.concatenate(blocks))
         if eval_proba is not None:
             ev = pd.read_parquet(paths[EVAL_FILE])
             ev_order = pd.Index(ev["id"].astype(str)).get_indexer(ref_eval_ids)
-            eval_proba[k] = ev[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[ev_order]
+            eval_proba.append(ev[list(PROBA_COLUMNS)].to_numpy(dtype=np.float32)[ev_order])
         infos.append(CandidateInfo(
             run_id=rid, trial_id=tid, start_time=int(run.info.start_time or 0),
             params=dict(run.data.params), tags=dict(run.data.tags), metrics=dict(run.data.metrics),
@@ -451,11 +575,12 @@ def load_candidates(experiment: str, *, tracking_uri: str, cache_dir: str | os.P
         raise CandidateError(_nothing_left(experiment, left))
     from bst_search.taxonomy import encode
 
-    n = len(infos)  # views of the filled part: the untouched tail was never paged in
     return CandidateSet(
-        infos=infos, proba=proba[:n], labels=encode(ref_labels), folds=ref_folds,
+        infos=infos, store=proba, labels=encode(ref_labels), folds=ref_folds,
         sound_ids=ref_ids.to_numpy(dtype=object), left_out=left, data_fp=dfp, fold_fp=ffp,
-        eval_fp=efp, eval_proba=None if eval_proba is None else eval_proba[:n],
+        eval_fp=efp, eval_store=eval_proba, holdout_store=holdout, holdout_ids=hold_ids,
+        holdout_labels=None if hold_labels is None else encode(hold_labels),
+        holdout_folds=hold_folds,
         eval_ids=ref_eval_ids, eval_order=eval_order, notes=notes)
 
 

@@ -43,6 +43,7 @@ class SelectionOptions:
     init_size: int = 0
     max_size: int = 50
     top_k: int | None = None
+    diversity: float = 0.0  # with top_k: skip near-duplicates (see preselect)
     bags: int = 1
     bag_fraction: float = 0.5
     weights: str = "none"
@@ -63,6 +64,8 @@ class SelectionOptions:
             raise ValueError(f"init_size must be in 0..max_size ({self.max_size}), got {self.init_size}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0.0 <= self.diversity < 1.0:
+            raise ValueError(f"diversity must be in [0, 1), got {self.diversity}")
         if self.bags < 1:
             raise ValueError(f"bags must be >= 1, got {self.bags}")
         if not 0.0 < self.bag_fraction <= 1.0:
@@ -213,6 +216,68 @@ def combine(X: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None,
         raise ValueError(f"combine must be one of {COMBINES}, got {mode!r}")
     acc /= acc.sum(axis=1, keepdims=True)
     return acc
+
+
+# ---------------------------------------------------------------------------------------
+# pre-selection: the candidates a selection on some rows may pick
+
+
+def preselect(pred: np.ndarray, y: np.ndarray, rows: np.ndarray, singles: np.ndarray,
+              top_k: int | None, diversity: float = 0.0) -> np.ndarray:
+    """Sorted indices of the ``top_k`` best candidates on ``rows``, skipping near-duplicates.
+
+    Candidates are visited best first (ties: lower index). With ``diversity`` d > 0, one whose
+    right/wrong pattern on ``rows`` differs from an already kept (better) candidate's on
+    fewer than d * len(rows) rows is skipped: it repeats a kept candidate's errors, and a
+    pool of 1,000 such copies would crowd out the candidates that fix other rows. Reads only
+    ``pred[:, rows]`` and ``y[rows]``, so a selection on training rows never sees the rest.
+    """
+    C = len(singles)
+    if top_k is None or top_k >= C:
+        return np.arange(C)
+    order = np.argsort(-singles, kind="stable")
+    if diversity <= 0:
+        return np.sort(order[:top_k])
+    yr = np.asarray(y)[rows]
+    need = int(np.ceil(diversity * len(rows)))
+    kept_bits = np.empty((top_k, (len(rows) + 7) // 8), dtype=np.uint8)
+    kept: list[int] = []
+    for c in order:
+        bits = np.packbits(pred[c, rows] == yr)
+        if kept and int(np.bitwise_count(kept_bits[:len(kept)] ^ bits).sum(axis=1).min()) < need:
+            continue
+        kept_bits[len(kept)] = bits
+        kept.append(int(c))
+        if len(kept) == top_k:
+            break
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
+def working_set(pred: np.ndarray, y: np.ndarray, folds: np.ndarray, opts: SelectionOptions, *,
+                metric_top: int = 0, honest: bool = True) -> np.ndarray:
+    """Sorted indices of every candidate the coordinator's selections can read.
+
+    The union, over the rows of the final selection and (``honest``) the training rows of
+    each outer fold, of the greedy pool (:func:`preselect`) and of the ``metric_top`` best
+    single candidates (SK fusion's pool). Selecting on this subset gives the same ensembles
+    as on all candidates: each pool is a function of its own candidates' ranks and
+    predictions, all inside the subset. Only this subset is ever loaded in float32.
+    """
+    C = pred.shape[0]
+    if opts.top_k is None or opts.top_k >= C:
+        return np.arange(C)
+    y = np.asarray(y, dtype=np.int64)
+    row_sets = [np.arange(len(y))]
+    if honest or metric_top:
+        row_sets += [np.flatnonzero(folds != k) for k in np.unique(folds)]
+    stats = CandidateStats(pred=pred, cmax=np.empty((0, 0), np.float32),
+                           spread=np.empty(0, np.float32), xabs=1.0)
+    keep = np.zeros(C, dtype=bool)
+    for rows in row_sets:
+        singles = single_scores(stats, y, rows, opts.metric)
+        keep[preselect(pred, y, rows, singles, opts.top_k, opts.diversity)] = True
+        keep[np.argsort(-singles, kind="stable")[:metric_top]] = True
+    return np.flatnonzero(keep)
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,9 +515,7 @@ def _select(X: np.ndarray, y: np.ndarray, rows: np.ndarray | None,
     ctx = _Context(X, stats, y, rows, opts)
 
     singles = single_scores(stats, y, rows, opts.metric)
-    pool = np.arange(C)
-    if opts.top_k is not None and opts.top_k < C:
-        pool = np.sort(np.argsort(-singles, kind="stable")[:opts.top_k])
+    pool = preselect(stats.pred, y, rows, singles, opts.top_k, opts.diversity)
 
     if opts.bags <= 1:
         path = ctx.greedy(pool, singles[pool])

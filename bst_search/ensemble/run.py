@@ -1,0 +1,284 @@
+"""The coordinator's steps, from a sweep to a submission, on parsed arguments.
+
+Candidates -> greedy selection -> honest nested-CV estimate -> cross-fitted SK fusion (seed
+003) -> the chosen method's (``--method``) OOF and evaluation predictions -> self-checked
+``submission.csv`` -> ``ensemble.json``, parquets and plots -> an MLflow run tagged
+``bst.kind=ensemble`` -> the printed summary. Both methods are always scored, so the summary
+compares them whichever one is submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bst_search import tracking
+from bst_search.ensemble import report as report_mod
+from bst_search.ensemble.candidates import CandidateSet, load_candidates, read_eval_ids
+from bst_search.ensemble.holdout import SKInput, score_holdout
+from bst_search.ensemble.honest import HonestResult, honest_estimate
+from bst_search.ensemble.outputs import clear_outputs, log_run, write_parquets
+from bst_search.ensemble.selection import (
+    SelectionOptions,
+    SelectionResult,
+    candidate_stats,
+    combine,
+    score_pred,
+    select_ensemble,
+    single_scores,
+    to_combine_space,
+    working_set,
+)
+from bst_search.ensemble.store import PredictionStore
+from bst_search.ensemble.submission import (
+    MemberEval,
+    SubmissionCheckError,
+    build_submission,
+    class_distribution,
+    tv_distance,
+    write_submission,
+)
+from bst_search.metrics import evaluate
+from bst_search.taxonomy import CODES
+
+if TYPE_CHECKING:  # torch is imported only when the coordinator runs
+    from bst_search.ensemble.sk_fusion import SKOptions, SKResult
+
+
+@dataclass
+class Outcome:
+    """Everything the coordinator computed; what ensemble.json and the summary are made of."""
+
+    cs: CandidateSet
+    opts: SelectionOptions
+    sk_opts: SKOptions
+    method: str
+    sel: SelectionResult
+    hon: HonestResult | None
+    sk: SKResult | None
+    single_strict: np.ndarray
+    single_official: np.ndarray
+    greedy_ens: dict[str, float]
+    sk_ens: dict[str, float] | None
+    proba: np.ndarray  # the submitted method's OOF probabilities
+    ens: dict[str, float]  # ... and their scores
+    members: np.ndarray  # the submitted method's members, heaviest first
+    counts: np.ndarray
+    weights: np.ndarray
+    best_per_fold: list[float]  # best single trial, strict hF per OOF fold
+    selected_per_fold: list[float]  # greedy ensemble on the rows it was chosen on, strict, per fold
+    sk_notes: list[str] = field(default_factory=list)
+    holdout: dict[str, Any] | None = None  # score_holdout's result
+
+    @property
+    def singles(self) -> np.ndarray:
+        return self.single_strict if self.opts.metric == "strict" else self.single_official
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.singles))
+
+    @property
+    def selected(self) -> float:
+        g = self.greedy_ens
+        return float(g["hF_strict"] if self.opts.metric == "strict" else g["hF"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """The coordinator proper: 0 on success, 1 when the submission was refused."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    workdir = Path(args.workdir)
+    tracking_uri = tracking.tracking_uri(workdir, args.tracking_uri)
+    out = Path(args.out) if args.out else workdir / "ensembles" / args.experiment
+    opts, sk_opts, method = _options(args)  # bad options fail before the candidates are loaded
+    eval_ids = read_eval_ids(args.eval_data) if args.eval_data else None
+
+    cs = load_candidates(args.experiment, tracking_uri=tracking_uri,
+                         cache_dir=workdir / "ensemble-cache", data_fp=args.data_fp,
+                         fold_fp=args.fold_fp, eval_ids=eval_ids,
+                         store_dtype=getattr(args, "store_dtype", "auto"),
+                         float32_up_to=opts.top_k or 2**62, progress=True)
+    cs, X, E = load_working_set(cs, opts, sk_top=sk_opts.top, honest=not args.no_honest)
+    res = score_candidates(cs, X, E, opts, sk_opts, method, honest=not args.no_honest)
+
+    clear_outputs(out)  # never leave a stale submission beside a new ensemble
+    eval_proba, eval_report, status = _submission(res, E, out, args.max_shift)
+    report = report_mod.build_report(res, args.experiment, eval_report)
+    (out / "ensemble.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_parquets(out, cs, res.proba, eval_proba)
+    _plots(out, res)
+
+    run_id = None
+    if not args.no_log:
+        metrics = report_mod.mlflow_metrics(res, report)
+        run_id = log_run(tracking_uri, args.experiment, out, report, status=status,
+                         sk_options=sk_opts.to_dict(), metrics=metrics)
+    report_mod.print_summary(res, report, experiment=args.experiment,
+                             tracking_uri=tracking_uri, out=out, run_id=run_id)
+    return 1 if status == "refused" else 0
+
+
+def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str]:
+    """Selection and SK options from the arguments, checked."""
+    opts = SelectionOptions(metric=args.metric, init_size=args.init_size, max_size=args.max_size,
+                            top_k=args.top_k or None, diversity=getattr(args, "diversity", 0.0),
+                            bags=args.bags, bag_fraction=args.bag_fraction,
+                            weights=args.weights, combine=args.combine, seed=args.seed,
+                            nm_maxfev=args.nm_maxfev)
+    if not args.max_shift > 0:
+        raise ValueError(f"--max-shift must be > 0, got {args.max_shift}")
+    method = getattr(args, "method", "greedy")
+    if method not in report_mod.METHODS:
+        raise ValueError(f"--method must be one of {report_mod.METHODS}, got {method!r}")
+    # torch is imported only here: the greedy path and `import bst_search.ensemble` need none
+    from bst_search.ensemble.sk_fusion import SKOptions, pick_device
+
+    sk_opts = SKOptions(top=getattr(args, "sk_top", 10), epochs=getattr(args, "sk_epochs", 30),
+                        seed=args.seed, metric=args.metric,
+                        device=getattr(args, "sk_device", "auto"))
+    pick_device(sk_opts.device)  # a bad --sk-device fails here
+    return opts, sk_opts, method
+
+
+def load_working_set(cs: CandidateSet, opts: SelectionOptions, *, sk_top: int,
+                     honest: bool) -> tuple[CandidateSet, np.ndarray, np.ndarray | None]:
+    """The candidates any selection can pick, in memory; ``cs`` narrowed to them.
+
+    See :func:`read_working_set`; ``n_total`` and a note keep how many there were.
+    """
+    n_total = len(cs.infos)
+    keep, X, E = read_working_set(cs.store, cs.eval_store if cs.eval_ids is not None else None,
+                                  cs.labels, cs.folds, opts, sk_top=sk_top, honest=honest)
+    if len(keep) < n_total:
+        note = (f"{len(keep)} of {n_total} candidates read into memory: the union of the "
+                f"top-{opts.top_k} pools (diversity {opts.diversity}) of every selection and "
+                f"SK's top {sk_top}; the others cannot be picked")
+        cs = dataclasses.replace(cs, infos=[cs.infos[i] for i in keep], notes=[*cs.notes, note],
+                                 index=keep)
+    return dataclasses.replace(cs, n_total=n_total), X, E
+
+
+def read_working_set(store: PredictionStore, eval_store: PredictionStore | None,
+                     y: np.ndarray, folds: np.ndarray, opts: SelectionOptions, *, sk_top: int,
+                     honest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Indices, OOF and evaluation tensors (float32, combine space) of the working set.
+
+    From the store's argmaxes (kept as it was written) come the pools of the final and the
+    nested selections and SK's top candidates (:func:`working_set`); only their union is
+    read whole. With no more candidates than ``top_k`` every one is in the pool.
+    """
+    if opts.top_k is None or opts.top_k >= store.n:
+        keep = np.arange(store.n)
+    else:
+        keep = working_set(store.argmax(), y, folds, opts, metric_top=sk_top, honest=honest)
+    X = to_combine_space(store.take(keep), opts.combine)
+    E = to_combine_space(eval_store.take(keep), opts.combine) if eval_store is not None else None
+    return keep, X, E
+
+
+def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
+                     opts: SelectionOptions, sk_opts: SKOptions, method: str, *,
+                     honest: bool = True) -> Outcome:
+    """Greedy selection, its honest estimate and cross-fitted SK fusion on the OOF tensor."""
+    from bst_search.ensemble.sk_fusion import cross_fit
+
+    y = cs.labels
+    stats = candidate_stats(X, opts.combine)
+    sel = select_ensemble(X, y, options=opts, stats=stats)
+    hon = honest_estimate(X, y, cs.folds, opts, stats=stats) if honest else None
+    sk, sk_notes, sk_holdout = None, [], None
+    n_folds = int(np.unique(cs.folds).size)
+    if method == "sk" or n_folds >= 2:  # with --method sk, one fold is an error (exit 2)
+        sk_in = SKInput(cs, E, opts.combine) if cs.holdout_store is not None else E
+        sk = cross_fit(X, y, cs.folds, sk_opts, log_input=opts.combine == "logit",
+                       eval_X=sk_in, stats=stats)
+        if isinstance(sk_in, SKInput) and sk.eval_proba is not None:
+            sk.eval_proba, sk_holdout = sk_in.split(sk.eval_proba)
+    else:
+        sk_notes.append(f"SK fusion not scored: cross-fitting needs 2 or more OOF folds, "
+                        f"got {n_folds}")
+
+    all_rows = np.arange(len(y))
+    greedy_proba = combine(X, sel.weights, None, opts.combine)
+    greedy_ens = evaluate(y, greedy_proba)
+    sk_ens = evaluate(y, sk.oof) if sk is not None else None
+    if method == "sk":
+        assert sk is not None and sk_ens is not None
+        proba, ens = sk.oof, sk_ens
+        members, counts, weights = sk.members, sk.uses, sk.weight
+    else:
+        proba, ens = greedy_proba, greedy_ens
+        members = np.flatnonzero(sel.weights > 0)
+        members = members[np.lexsort((members, -sel.weights[members]))]
+        counts, weights = sel.counts, sel.weights
+    single_strict = single_scores(stats, y, all_rows, "strict")
+    single_official = single_scores(stats, y, all_rows, "official")
+    best = int(np.argmax(single_strict if opts.metric == "strict" else single_official))
+    res = Outcome(cs=cs, opts=opts, sk_opts=sk_opts, method=method, sel=sel, hon=hon, sk=sk,
+                  single_strict=single_strict, single_official=single_official,
+                  greedy_ens=greedy_ens, sk_ens=sk_ens, proba=proba, ens=ens, members=members,
+                  counts=counts, weights=weights,
+                  best_per_fold=fold_scores(y, stats.pred[best], cs.folds, "strict"),
+                  selected_per_fold=fold_scores(y, greedy_proba.argmax(axis=1), cs.folds,
+                                                "strict"),
+                  sk_notes=sk_notes)
+    res.holdout = score_holdout(res, sk_holdout)
+    return res
+
+
+def fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
+    """hF of index predictions on each OOF fold: the statistic beside the pooled one."""
+    return [score_pred(y[folds == k], pred[folds == k], metric) for k in np.unique(folds)]
+
+
+def _submission(res: Outcome, E: np.ndarray | None, out: Path,
+                max_shift: float) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
+    """Evaluation predictions of the submitted method and the self-checked submission.csv."""
+    cs = res.cs
+    if E is None or cs.eval_ids is None:
+        return None, None, "no evaluation predictions"
+    if res.method == "sk":
+        assert res.sk is not None and res.sk.eval_proba is not None
+        eval_proba = res.sk.eval_proba
+    else:
+        eval_proba = combine(E, res.sel.weights, None, res.opts.combine)
+    infos = cs.infos
+    sub = build_submission(cs.eval_ids, eval_proba)
+    member_evals = [MemberEval(infos[m].run_id, infos[m].trial_id, infos[m].has_eval,
+                               infos[m].eval_fp, infos[m].backbones_tag,
+                               infos[m].backbones_config) for m in res.members]
+    oof_pred = res.proba.argmax(axis=1)
+    eval_pred = eval_proba.argmax(axis=1)
+    dist = {"eval_distribution": class_distribution(eval_pred),
+            "oof_distribution": class_distribution(oof_pred)}
+    eval_report: dict[str, Any] = {
+        "n": int(len(cs.eval_ids)), "order": cs.eval_order, "method": res.method,
+        "max_shift": max_shift, "tv_distance": tv_distance(eval_pred, oof_pred),
+        **{k: dict(zip(CODES, v.round(6).tolist(), strict=True)) for k, v in dist.items()},
+        "submission_written": False, "failures": []}
+    try:
+        write_submission(sub, out / "submission.csv", cs.eval_ids, members=member_evals,
+                         oof_pred=oof_pred, max_shift=max_shift)
+    except SubmissionCheckError as exc:
+        eval_report["failures"] = exc.failures
+        return eval_proba, eval_report, "refused"
+    eval_report["submission_written"] = True
+    return eval_proba, eval_report, "written"
+
+
+def _plots(out: Path, res: Outcome) -> None:
+    from bst_search.ensemble.plots import plot_confusions, plot_curve
+
+    sel, hon, sk = res.sel, res.hon, res.sk
+    plot_curve(out / "selection_curve.png", sel.bag_curves or [sel.curve], metric=res.opts.metric,
+               best_single=float(res.singles[res.best]), selected=res.selected,
+               best_step=sel.best_step, honest=hon.mean if hon else None,
+               sk=sk.score if sk else None)
+    plot_confusions(out, res.cs.labels, res.proba.argmax(axis=1))
