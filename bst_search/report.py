@@ -652,16 +652,24 @@ def ensemble_section(s: Sweep) -> Section:
                       xaxis_title="ensemble size (greedy step)", yaxis_title=f"OOF {metric} hF")
     sec.fig(fig)
     bars = [("best single trial", best, None), ("greedy selected (optimistic)", e["selected_score"], None)]
+    # like with like: fold mean ± std of both out-of-fold methods, then their pooled scores
+    sk = e.get("sk")
     if hon:
-        bars.append(("greedy honest (nested CV)", hon["mean"], hon["std"]))
-    if e.get("sk"):
-        bars.append(("SK fusion (cross-fitted)", e["sk"]["score"], e["sk"]["std"]))
+        bars.append(("greedy honest, fold mean (nested CV)", hon["mean"], hon["std"]))
+    if sk:
+        bars.append(("SK fusion, fold mean (cross-fitted)", float(np.mean(sk["per_fold"])), sk["std"]))
+    pooled_key = "pooled_hF_strict" if metric == "strict" else "pooled_hF"
+    if hon and hon.get(pooled_key) is not None:
+        bars.append(("greedy honest, pooled", hon[pooled_key], None))
+    if sk:
+        bars.append(("SK fusion, pooled", sk["score"], None))
     if s.eval_score:
         bars.append(("submission on evaluation labels (official)", s.eval_score["hF"], None))
     fig = go.Figure(go.Bar(x=[b[0] for b in bars], y=[b[1] for b in bars],
                            error_y={"array": [b[2] or 0 for b in bars], "visible": True},
                            text=[f"{b[1]:.4f}" for b in bars], textposition="outside",
-                           marker_color=["#999", "#f58518", "#54a24b", "#4c78a8", "#b279a2"][:len(bars)]))
+                           marker_color=["#999", "#f58518", "#54a24b", "#4c78a8", "#54a24b", "#4c78a8",
+                                         "#b279a2"][:len(bars)]))
     lo = min(b[1] for b in bars)
     fig.update_layout(title=f"Greedy vs SK fusion ({metric} hF; submitted: {e['method']})",
                       yaxis_range=[max(0.0, lo - 0.05), min(1.0, max(b[1] for b in bars) + 0.03)])
