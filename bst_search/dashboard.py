@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bst_search import tracking
-from bst_search.report import ReportError, add_store_arguments, check_store, read_only_sqlite
+from bst_search.report import (
+    ReportError,
+    add_store_arguments,
+    check_store,
+    existing_optuna_storage,
+    read_only_sqlite,
+)
 
 RAY_DASHBOARD = "http://127.0.0.1:8265"
 START_TIMEOUT_S = 90.0
@@ -112,9 +118,7 @@ def start(args: argparse.Namespace, stopping: Callable[[], bool] = lambda: False
     if exp_id is None:
         raise ReportError(f"experiment {args.experiment!r} does not exist in {uri} (yet: a sweep "
                           f"creates it when its first trial starts)")
-    storage = args.optuna_storage or os.environ.get("BST_OPTUNA_STORAGE")
-    if storage is None and (workdir / "optuna.db").exists():
-        storage = f"sqlite:///{workdir / 'optuna.db'}"
+    storage = existing_optuna_storage(args.optuna_storage, workdir)
     host, logs = args.host, workdir / "dashboard-logs"
     for port, flag in ((args.mlflow_port, "--mlflow-port"), (args.optuna_port, "--optuna-port")):
         if not _port_free(host, port):

@@ -250,9 +250,7 @@ def load_sweep(experiment: str, *, tracking_uri: str | None = None, workdir: str
                        f"per-option and per-class sections need complete trials")
     sweeps = trials["sweep"].value_counts() if len(trials) else pd.Series(dtype=int)
     sweep_id = str(sweeps.index[0]) if len(sweeps) else None
-    storage = optuna_storage or os.environ.get("BST_OPTUNA_STORAGE")
-    if storage is None and (workdir / "optuna.db").exists():
-        storage = f"sqlite:///{workdir / 'optuna.db'}"
+    storage = existing_optuna_storage(optuna_storage, workdir)
     study = _load_study(storage, [experiment] + ([sweep_id] if sweep_id else []), missing)
     metric, mode = "oof_hF_strict", "max"
     if study is not None:
@@ -776,6 +774,15 @@ def log_to_ensemble_run(s: Sweep, path: Path) -> str | None:
         shutil.copyfile(path, named)
         tracking._with_retry(cl.log_artifact, s.ensemble_run.info.run_id, str(named))
     return s.ensemble_run.info.run_id
+
+
+def existing_optuna_storage(given: str | None, workdir: Path) -> str | None:
+    """The sweep's Optuna storage for a reader: --optuna-storage, $BST_OPTUNA_STORAGE, else the
+    work dir's SQLite file when it exists (a reader never creates one)."""
+    storage = given or os.environ.get("BST_OPTUNA_STORAGE")
+    if storage is None and (workdir / "optuna.db").exists():
+        storage = f"sqlite:///{workdir / 'optuna.db'}"
+    return storage
 
 
 def add_store_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
