@@ -46,44 +46,49 @@ SPACE = {"description": "benchmark: the driver alone", "scheduler": "none", "bas
 
 def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: Any, n_folds: int,
                 **_: Any) -> None:
-    """A few ms of real work per fold; reports and checkpoints like ``trial_fn``."""
+    """A few ms of real work per fold; reports, checkpoints and leaves the files ``trial_fn`` does."""
     import json
 
     import numpy as np
     import pandas as pd
+    import ray
     from ray import tune
 
     from bst_search import config
     from bst_search.metrics import evaluate
+    from bst_search.search import final_result, fold_result
     from bst_search.taxonomy import PROBA_COLUMNS
 
     rng = np.random.default_rng(abs(hash(json.dumps(params, sort_keys=True, default=str))) % 2**32)
     proba = rng.dirichlet(np.ones(len(PROBA_COLUMNS)), size=len(dev.y)).astype(np.float32)
     proba[np.arange(len(dev.y)), dev.y] += 0.5
     fold = np.arange(len(dev.y)) % n_folds
-    import ray
-
     node = ray.get_runtime_context().get_node_id()
+    folds = []
     with tempfile.TemporaryDirectory() as work:
         for k in range(n_folds):
+            f = evaluate(dev.y[fold == k], proba[fold == k])
+            folds.append({"fold": k, "hF": f["hF"], "hF_strict": f["hF_strict"]})
             m = evaluate(dev.y[fold <= k], proba[fold <= k])
-            info = {"fold": k, "folds_done": k + 1, "fold_hF": m["hF"], "fold_hF_strict": m["hF_strict"],
-                    "running_hF_strict": m["hF_strict"], f"running_{space.metric}": m[space.metric[4:]]
-                    if space.metric.startswith("oof_") else m["hF"], "node": node}
+            info = {"fold": k, "folds_done": k + 1, "fold_hF": f["hF"], "fold_hF_strict": f["hF_strict"],
+                    "running_hF_strict": float(np.mean([r["hF_strict"] for r in folds])),
+                    "running_fold_hF_mean": float(np.mean([r["hF"] for r in folds])),
+                    **{f"running_oof_{x}": m[x] for x in ("hF", "hF_strict", "acc")}}
             if k < n_folds - 1:
-                tune.report({**info, space.metric: info[f"running_{space.metric}"],
-                             "trial_status": "running"},
+                tune.report(fold_result(info, space.metric, node),
                             checkpoint=tune.Checkpoint.from_directory(work))
         oof = pd.concat([pd.DataFrame({"sound_id": dev.ids.astype(str), "fold": fold}),
                          pd.DataFrame(proba, columns=list(PROBA_COLUMNS))], axis=1)
         oof.to_parquet(Path(work) / "oof.parquet", index=False)
-        metrics = {f"oof_{k}": float(v) for k, v in m.items()}
+        metrics = {**{f"oof_{k}": float(v) for k, v in m.items()}, "folds": folds,
+                   "fold_hF_mean": float(np.mean([r["hF"] for r in folds])),
+                   "fold_hF_std": float(np.std([r["hF"] for r in folds])),
+                   "fold_hF_strict_mean": info["running_hF_strict"]}
         (Path(work) / "metrics.json").write_text(json.dumps(metrics))
         config.dump(space.config({k: v for k, v in params.items() if k in config.SCHEMA}),
                     Path(work) / "config.yaml")
-        per_fold = {f"fold{k}_{x}": m[x] for k in range(n_folds) for x in ("hF", "hF_strict")}
-        tune.report({**info, **metrics, **per_fold, "fold_hF_mean": m["hF"], "fold_hF_std": 0.0,
-                     "trial_status": "complete"}, checkpoint=tune.Checkpoint.from_directory(work))
+        tune.report(final_result(metrics, space.metric, n_folds, node),
+                    checkpoint=tune.Checkpoint.from_directory(work))
 
 
 class Probe:

@@ -66,7 +66,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
     """``OptunaSearch`` (valid by construction, :mod:`bst_search.sampling`) with secret-free
     pickles, PRUNED early stops and re-run agreement."""
 
-    _VOLATILE = ("_storage", "_ot_study", "_ot_trials")
+    _VOLATILE = ("_storage", "_ot_study", "_ot_trials", "_open")
 
     def _state(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in self._VOLATILE}
@@ -80,6 +80,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
                                            sampler=self._sampler)
         self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in ids.items()}
+        self._open = {}
 
     def __getstate__(self) -> dict[str, Any]:  # tuner.pkl
         return self._state()
@@ -104,7 +105,23 @@ class SweepOptunaSearch(ValidOptunaSearch):
         t = self._ot_trials.get(trial_id)
         if t is not None:  # lets a reader of the study find the Tune trial (and MLflow run)
             self._ot_study._storage.set_trial_user_attr(t._trial_id, TUNE_TRIAL_ATTR, trial_id)
+            self._opened()[trial_id] = True
         return params
+
+    def _opened(self) -> dict[str, bool]:
+        """Per Tune trial: whether its Optuna trial still takes values. Read from the study
+        once per trial and driver, then kept: this searcher is the trial's only writer, and a
+        read per result would cost the driver a database round trip per fold."""
+        if getattr(self, "_open", None) is None:
+            self._open = {}
+        return self._open
+
+    def _is_open(self, trial_id: str) -> bool:
+        opened = self._opened()
+        if trial_id not in opened:
+            frozen = self._frozen(trial_id)
+            opened[trial_id] = frozen is not None and not frozen.state.is_finished()
+        return opened[trial_id]
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         t = self._ot_trials.get(trial_id)
@@ -116,30 +133,31 @@ class SweepOptunaSearch(ValidOptunaSearch):
                    for t in self._ot_study.get_trials(deepcopy=False))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        frozen = self._frozen(trial_id)
-        if frozen is None or frozen.state.is_finished() or self.metric not in result:
+        if self.metric not in result or not self._is_open(trial_id):
             return  # a replayed or re-run trial whose Optuna trial already ended
         try:
             self._ot_trials[trial_id].report(float(result[self.metric]), result["training_iteration"])
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+            self._opened()[trial_id] = False
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        frozen = self._frozen(trial_id)
-        if frozen is None:
+        if trial_id not in self._ot_trials:
             return
         state, value = outcome(result, self.metric, error)
         S = optuna.trial.TrialState
-        if not frozen.state.is_finished():
+        if self._is_open(trial_id):
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
-        elif frozen.state == S.FAIL and state != S.FAIL and not self._rerun_told(frozen.number):
-            # an errored trial re-run on resume
-            values = dict(frozen.intermediate_values)
-            if state == S.PRUNED and result and isinstance(result.get(self.metric), (int, float)):
-                values[int(result.get("training_iteration", len(values) + 1))] = float(result[self.metric])
-            self._ot_study.add_trial(optuna.trial.create_trial(
-                state=state, value=value, params=frozen.params, distributions=frozen.distributions,
-                intermediate_values=values,
-                user_attrs={**frozen.user_attrs, "bst.rerun_of": frozen.number}))
-            log.info("trial %s re-run after FAIL: its outcome is Optuna trial %s", trial_id, state.name)
+            self._opened()[trial_id] = False
+        else:
+            frozen = self._frozen(trial_id)
+            if frozen.state == S.FAIL and state != S.FAIL and not self._rerun_told(frozen.number):
+                # an errored trial re-run on resume
+                values = dict(frozen.intermediate_values)
+                if state == S.PRUNED and result and isinstance(result.get(self.metric), (int, float)):
+                    values[int(result.get("training_iteration", len(values) + 1))] = float(result[self.metric])
+                self._ot_study.add_trial(optuna.trial.create_trial(
+                    state=state, value=value, params=frozen.params, distributions=frozen.distributions,
+                    intermediate_values=values,
+                    user_attrs={**frozen.user_attrs, "bst.rerun_of": frozen.number}))
+                log.info("trial %s re-run after FAIL: its outcome is Optuna trial %s", trial_id, state.name)
         self._completed_trials.add(trial_id)

@@ -38,6 +38,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLI
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# MLflow is the sweep's record: Tune's own per-trial JSON, CSV and TensorBoard files would
+# cost the driver a write per result (and a thread per trial) for nothing
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 from bst_search.config import SCHEMA  # noqa: E402
 
@@ -112,8 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- trial side
 
 
-def _report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+# What a trial reports to Tune is kept small: Tune stores every reported key of every trial
+# in its experiment state (with running min/max/mean statistics) and re-encodes a trial's
+# state after each result, so the driver's cost per result grows with the number of keys.
+# The trial's full measurements travel in its checkpoint (metrics.json), which the driver's
+# MLflow logger reads once, when the trial ends.
+PROGRESS_KEYS = ("fold", "folds_done", "fold_hF", "fold_hF_strict", "running_hF_strict")
+HEADLINE_KEYS = ("oof_hF", "oof_hF_strict", "fold_hF_mean", "fold_hF_std")
+
+
+def fold_result(info: dict[str, Any], metric: str, node: str) -> dict[str, Any]:
+    """The report after a fold: its scores and the objective's running value under the
+    objective's name (what ASHA / the median rule compare, and Optuna's intermediate value)."""
+    return {**{k: info[k] for k in PROGRESS_KEYS}, metric: info[f"running_{metric}"],
+            "trial_status": "running", "node": node}
+
+
+def final_result(metrics: dict[str, Any], metric: str, n_folds: int, node: str,
+                 resumed: int = 0) -> dict[str, Any]:
+    """The last report of a trial that finished every fold; ``metrics``: its metrics.json."""
+    last = metrics["folds"][-1]
+    out: dict[str, Any] = {"fold": last["fold"], "folds_done": n_folds, "fold_hF": last["hF"],
+                           "fold_hF_strict": last["hF_strict"],
+                           "running_hF_strict": metrics["fold_hF_strict_mean"],
+                           "folds_resumed": resumed, "trial_status": "complete", "node": node}
+    for k in (metric, *HEADLINE_KEYS):
+        v = metrics.get(k, out.get(k))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+    if metric not in out:
+        raise KeyError(f"objective metric {metric!r} is not produced by a trial")
+    return out
 
 
 def _assigned_device() -> tuple[str, int, str]:
@@ -160,8 +192,8 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
                 raise RuntimeError(f"injected failure after fold {info['fold']} ({FAIL_ENV})")
             if info["resumed"] or info["folds_done"] == n_folds:
                 return  # reported before this restart / reported with the outputs below
-            tune.report({**info, metric: info[f"running_{metric}"], "trial_status": "running",
-                         "node": node}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            tune.report(fold_result(info, metric, node),
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
             if fault:
                 at, marker = fault.split(":", 1)
                 if int(at) == info["fold"] and not Path(marker).exists():
@@ -170,15 +202,8 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
 
         metrics = run_trial(cfg, dev, work, eval_data=eval_data, crowd=crowd, n_folds=n_folds,
                             device=device, on_fold=on_fold, holdout_fraction=holdout_fraction)
-        last = metrics["folds"][-1]
-        per_fold = {f"fold{r['fold']}_{k}": r[k] for r in metrics["folds"] for k in ("hF", "hF_strict")}
-        final = {**_report_metrics(metrics), **per_fold, "fold": last["fold"], "folds_done": n_folds,
-                 "fold_hF": last["hF"], "fold_hF_strict": last["hF_strict"],
-                 "running_hF_strict": metrics["fold_hF_strict_mean"], "folds_resumed": resumed,
-                 "trial_status": "complete", "node": node}
-        if metric not in final:
-            raise KeyError(f"objective metric {metric!r} is not produced by a trial")
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        tune.report(final_result(metrics, metric, n_folds, node, resumed),
+                    checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

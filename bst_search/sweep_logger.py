@@ -12,11 +12,16 @@ them before the driver exits.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -27,6 +32,7 @@ from bst_search.config import SCHEMA
 log = logging.getLogger(__name__)
 _LIVE: dict[str, MlflowTrialLogger] = {}  # the driver's logger per sweep (see __setstate__)
 Write = Callable[[Any], None]  # a write, given the writer thread's MlflowClient
+FOLD_WRITE_ENV = "BST_MLFLOW_FOLD_S"  # seconds between two writes of one trial's fold metrics
 
 
 class Writers:
@@ -93,6 +99,18 @@ class MlflowTrialLogger(tune.Callback):
         self._open: set[str] = set()  # trials whose run is open (or queued to open)
         self._folds: dict[str, set[int]] = {}
         self._nodes: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}  # trial id -> its run's name (set by the writer threads)
+        # fold results not yet in MLflow, per trial. A trial's folds are written at most every
+        # fold_interval seconds (the first at once), the rest with the run's final write:
+        # a write per fold would cost the driver a transaction per result
+        self.fold_interval = float(os.environ.get(FOLD_WRITE_ENV, "10"))
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending_tags: dict[str, dict[str, str]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._last_fold_write: dict[str, float] = {}
+        self._flush_queued: set[str] = set()
+        self._last_sweep = 0.0
+        self._lock = threading.Lock()
         self.trials: list[Any] = []  # Tune's trials at the end of the last fit
         # trials that ran in the current fit, and those Tune ended (complete, stopped, error):
         # at Ctrl-C, Tune marks the running ones TERMINATED too, so only these tell them apart
@@ -151,11 +169,35 @@ class MlflowTrialLogger(tune.Callback):
     def _ensure_run(self, cl: Any, trial_id: str, config: dict[str, Any] | None) -> str:
         if trial_id not in self._runs:
             nodes = self._nodes.get(trial_id, [])
+            cfg = self._config(config)
             self._runs[trial_id] = tracking.start_trial_run(
                 cl, self.experiment_id, sweep=self.sweep, trial_id=trial_id,
-                cfg=self._config(config), fingerprints=self.fingerprints,
+                cfg=cfg, fingerprints=self.fingerprints,
                 node=nodes[-1] if nodes else "", resources=self.resources)
+            self._names[trial_id] = tracking.run_name(trial_id, cfg)
         return self._runs[trial_id]
+
+    def _take_folds(self, trial_id: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The fold results (and node tags) of ``trial_id`` not written yet; they are now
+        the caller's to write."""
+        with self._lock:
+            self._flush_queued.discard(trial_id)
+            return self._pending.pop(trial_id, []), self._pending_tags.pop(trial_id, {})
+
+    def _write_folds(self, cl: Any, trial_id: str, config: dict[str, Any] | None) -> None:
+        folds, tags = self._take_folds(trial_id)
+        if folds or tags:
+            tracking.log_folds(cl, self._ensure_run(cl, trial_id, config), folds, tags)
+
+    def _queue_folds(self, trial_id: str) -> None:
+        """Queue one write of the trial's pending folds (the event loop)."""
+        with self._lock:
+            if trial_id in self._flush_queued or trial_id not in self._pending:
+                return
+            self._flush_queued.add(trial_id)
+        self._last_fold_write[trial_id] = time.monotonic()
+        config = self._configs.get(trial_id)
+        self._submit(trial_id, lambda cl: self._write_folds(cl, trial_id, config))
 
     def _submit(self, trial_id: str, write: Write) -> None:
         assert self.writers is not None, "MlflowTrialLogger.start() was not called"
@@ -191,11 +233,26 @@ class MlflowTrialLogger(tune.Callback):
             tags = {tracking.NODE: node, "bst.nodes": ",".join(dict.fromkeys(seen))}
         if "fold" in result:
             self._folds.setdefault(tid, set()).add(int(result["fold"]))
-            fold = dict(result)
-            self._submit(tid, lambda cl: tracking.log_fold(cl, self._ensure_run(cl, tid, config),
-                                                           fold, tags))
+            self._configs[tid] = config
+            with self._lock:
+                self._pending.setdefault(tid, []).append(dict(result))
+                self._pending_tags.setdefault(tid, {}).update(tags)
+            if time.monotonic() - self._last_fold_write.get(tid, -math.inf) >= self.fold_interval:
+                self._queue_folds(tid)
         elif tags:
             self._submit(tid, lambda cl: tracking.set_tags(cl, self._ensure_run(cl, tid, config), tags))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Once a second: queue the folds that have waited ``fold_interval`` seconds."""
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        with self._lock:
+            waiting = list(self._pending)
+        for tid in waiting:
+            if now - self._last_fold_write.get(tid, -math.inf) >= self.fold_interval:
+                self._queue_folds(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
@@ -209,8 +266,9 @@ class MlflowTrialLogger(tune.Callback):
 
         def fail(cl: Any) -> None:
             run_id = self._ensure_run(cl, tid, config)
-            tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None,
-                                      status="FAILED", bst_status="failed", note=note)
+            folds, tags = self._take_folds(tid)
+            tracking.finish_trial_run(cl, run_id, metrics=None, artifacts_dir=None, folds=folds,
+                                      tags=tags, status="FAILED", bst_status="failed", note=note)
             self._runs.pop(tid, None)
 
         self._submit(tid, fail)
@@ -242,27 +300,34 @@ class MlflowTrialLogger(tune.Callback):
         config = config if config is not None else result.get("config")
         logged = self._folds.pop(trial_id, set())
         node = self._nodes.get(trial_id, [])
+        self._configs.pop(trial_id, None)
+        self._last_fold_write.pop(trial_id, None)
 
         def close(cl: Any) -> None:
             run_id = self._ensure_run(cl, trial_id, config)
-            for k in range(self.n_folds):  # folds finished before a restart, into this run too
-                if k not in logged and f"fold{k}_hF" in result:
-                    tracking.log_fold(cl, run_id, {"fold": k, "fold_hF": result[f"fold{k}_hF"],
-                                                   "fold_hF_strict": result[f"fold{k}_hF_strict"]})
+            folds, tags = self._take_folds(trial_id)
             if node:
-                tracking.set_tags(cl, run_id, {tracking.NODE: node[-1]})
+                tags[tracking.NODE] = node[-1]
             if result.get("trial_status") == "complete" and checkpoint is not None:
                 with checkpoint.as_directory() as d:
-                    tracking.finish_trial_run(cl, run_id, metrics=result, artifacts_dir=d,
-                                              status="FINISHED", bst_status="complete",
-                                              objective=self.space.metric)
+                    # the trial's full measurements: its last report carries only what Tune needs
+                    path = Path(d) / "metrics.json"
+                    measured = json.loads(path.read_text()) if path.exists() else {}
+                    # folds finished before a restart, into this run too
+                    folds += [{"fold": r["fold"], "fold_hF": r["hF"], "fold_hF_strict": r["hF_strict"]}
+                              for r in measured.get("folds", []) if r["fold"] not in logged]
+                    tracking.finish_trial_run(cl, run_id, metrics={**measured, **result}, artifacts_dir=d,
+                                              folds=folds, tags=tags, status="FINISHED",
+                                              bst_status="complete", objective=self.space.metric,
+                                              name=self._names.get(trial_id))
             else:
                 done = int(result.get("folds_done", 0))
                 tracking.finish_trial_run(
-                    cl, run_id, metrics=None, artifacts_dir=None, status="FINISHED",
-                    bst_status="early_stopped",
+                    cl, run_id, metrics=None, artifacts_dir=None, folds=folds, tags=tags,
+                    status="FINISHED", bst_status="early_stopped",
                     note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
             self._runs.pop(trial_id, None)
+            self._names.pop(trial_id, None)
 
         self._submit(trial_id, close)
 
@@ -274,8 +339,9 @@ class MlflowTrialLogger(tune.Callback):
 
             def kill(cl: Any, tid: str = tid) -> None:
                 run_id = self._runs.pop(tid, None)
+                folds, tags = self._take_folds(tid)
                 if run_id is not None:
-                    tracking.set_tags(cl, run_id, {tracking.STATUS: "interrupted"})
+                    tracking.log_folds(cl, run_id, folds, {**tags, tracking.STATUS: "interrupted"})
                     tracking._with_retry(cl.set_terminated, run_id, status="KILLED")
 
             self._submit(tid, kill)

@@ -263,26 +263,36 @@ def set_tags(cl: Any, run_id: str, tags: dict[str, str]) -> None:
     _with_retry(cl.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
-def log_fold(cl: Any, run_id: str, info: dict[str, Any], tags: dict[str, str] | None = None) -> None:
-    """Per-fold values as steps, so the MLflow UI plots them against the fold; ``tags`` (the
-    node that ran the fold) go in the same call (one transaction per fold)."""
-    from mlflow.entities import Metric, RunTag
+def log_folds(cl: Any, run_id: str, infos: list[dict[str, Any]],
+              tags: dict[str, str] | None = None) -> None:
+    """Per-fold values as steps, so the MLflow UI plots them against the fold; several folds
+    and ``tags`` (the node that ran them) in one call, one transaction."""
+    from mlflow.entities import RunTag
+
+    _with_retry(cl.log_batch, run_id, metrics=_fold_metrics(infos),
+                tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
+
+def _fold_metrics(infos: list[dict[str, Any]]) -> list[Any]:
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    step = int(info["fold"])
-    ms = [Metric(k, float(info[k]), now, step) for k in ("fold_hF", "fold_hF_strict",
-                                                         "running_hF_strict") if k in info]
-    _with_retry(cl.log_batch, run_id, metrics=ms, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+    return [Metric(k, float(info[k]), now, int(info["fold"])) for info in infos
+            for k in ("fold_hF", "fold_hF_strict", "running_hF_strict") if k in info]
 
 
 def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,
                      artifacts_dir: str | Path | None, status: str, bst_status: str,
-                     note: str = "", objective: str = "oof_hF_strict") -> None:
-    """Log a trial's final metrics and artifacts, then close the run with ``status``."""
+                     note: str = "", objective: str = "oof_hF_strict",
+                     name: str | None = None, tags: dict[str, str] | None = None,
+                     folds: list[dict[str, Any]] | None = None) -> None:
+    """Log a trial's final metrics, ``tags``, fold values not written yet (:func:`log_folds`)
+    and artifacts, then close the run with ``status``. ``name``: the run's name, when the
+    caller knows it (saves reading the run back)."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    ms: list[Metric] = []
+    ms: list[Metric] = _fold_metrics(folds or [])
     if metrics:
         for k in SUMMARY_METRICS:
             if isinstance(metrics.get(k), (int, float)):
@@ -291,18 +301,34 @@ def finish_trial_run(cl: Any, run_id: str, *, metrics: dict[str, Any] | None,
             v = metrics.get(f"oof_hF_{c}")
             if isinstance(v, float) and v == v:  # NaN for a class absent from the truth
                 ms.append(Metric(f"hF_{c}", v, now, 0))
-    tags = [RunTag(STATUS, bst_status)] + ([RunTag("bst.note", note[:4000])] if note else [])
+    run_tags = {**(tags or {}), STATUS: bst_status, **({"bst.note": note[:4000]} if note else {})}
     value = (metrics or {}).get(objective)
     if isinstance(value, (int, float)):  # the objective joins the run's name
-        name = _with_retry(cl.get_run, run_id).data.tags.get(RUN_NAME, "")
-        tags.append(RunTag(RUN_NAME, f"{name} {float(value):.4f}".strip()))
-    _with_retry(cl.log_batch, run_id, metrics=ms, tags=tags)
+        if name is None:
+            name = _with_retry(cl.get_run, run_id).data.tags.get(RUN_NAME, "")
+        run_tags[RUN_NAME] = f"{name} {float(value):.4f}".strip()
+    _with_retry(cl.log_batch, run_id, metrics=ms, tags=[RunTag(k, v) for k, v in run_tags.items()])
     if artifacts_dir is not None:
-        for name in ARTIFACTS:
-            p = Path(artifacts_dir) / name
-            if p.exists():
-                _with_retry(cl.log_artifact, run_id, str(p))
+        log_artifacts(cl, run_id, Path(artifacts_dir))
     _with_retry(cl.set_terminated, run_id, status=status)
+
+
+def log_artifacts(cl: Any, run_id: str, directory: Path) -> None:
+    """The trial's :data:`ARTIFACTS` found in ``directory``, in one upload (the directory
+    also holds fold files that stay out of MLflow)."""
+    import shutil
+    import tempfile
+
+    present = [directory / n for n in ARTIFACTS if (directory / n).exists()]
+    if not present:
+        return
+    with tempfile.TemporaryDirectory(prefix="bst-artifacts-") as stage:
+        for p in present:
+            try:
+                os.link(p, Path(stage) / p.name)  # no copy when on the same file system
+            except OSError:
+                shutil.copy2(p, Path(stage) / p.name)
+        _with_retry(cl.log_artifacts, run_id, stage)
 
 
 def close_interrupted(cl: Any, experiment_id: str, sweep: str,

@@ -55,6 +55,9 @@ def _check_complete_runs(uri: str, experiment: str, n: int, dev_ids) -> list:
     for r in runs:
         assert r.data.tags["bst.status"] == "complete"
         assert {"oof_hF", "oof_hF_strict", "fold_hF_mean", "fold_hF_std"} <= set(r.data.metrics)
+        # what the trial's compact last report leaves out comes from its metrics.json
+        assert {"train_seconds", "oof_top_acc", "epochs_mean"} <= set(r.data.metrics)
+        assert sum(k.startswith("hF_") for k in r.data.metrics) >= 5
         assert {a.path for a in cl.list_artifacts(r.info.run_id)} >= {
             "oof.parquet", "eval.parquet", "config.yaml", "metrics.json"}
         assert len(cl.get_metric_history(r.info.run_id, "fold_hF")) == 5

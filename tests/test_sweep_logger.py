@@ -87,3 +87,40 @@ def test_writers_run_each_keys_writes_in_order(tmp_path):
     w.close()
     assert all(v == sorted(v) and len(v) == 12 for v in seen.values()) and len(seen) == 5
     assert len(w.errors) == 1 and "ZeroDivisionError" in w.errors[0]
+
+
+def test_fold_metrics_are_batched_and_none_is_lost(tmp_path, monkeypatch):
+    """A trial's first fold is written at once, later ones at most every BST_MLFLOW_FOLD_S
+    seconds (a write per fold was a transaction per result); the rest go with the close."""
+    monkeypatch.setenv("BST_MLFLOW_FOLD_S", "0.5")
+    uri = tracking.tracking_uri(tmp_path)
+    lg = MlflowTrialLogger(uri, str(tmp_path), "exp", "sw-1", {"data_fp": "d"}, load_space(SMOKE), 5)
+    lg.start()
+    cl = tracking.client(uri)
+    t1 = _trial("t1", tmp_path, {"trial_status": "complete", "oof_hF": 0.5, "folds_done": 5})
+    lg.setup()
+    lg.on_trial_start(0, [], t1)
+
+    def folds_logged() -> list[int]:
+        lg.drain()
+        (run,) = tracking.find_runs(cl, lg.experiment_id, sweep="sw-1")
+        return [m.step for m in cl.get_metric_history(run.info.run_id, "fold_hF")]
+
+    def fold(k: int) -> None:
+        lg.on_trial_result(0, [], t1, {"fold": k, "fold_hF": 0.1 * k, "fold_hF_strict": 0.1 * k})
+
+    fold(0)
+    assert folds_logged() == [0]
+    fold(1)
+    fold(2)
+    lg.on_step_end(0, [])
+    assert folds_logged() == [0]  # folds 1 and 2 wait: fewer, larger writes
+    lg._last_sweep = 0.0
+    __import__("time").sleep(0.6)
+    lg.on_step_end(0, [])  # overdue: queued by the event loop, without a new result
+    assert folds_logged() == [0, 1, 2]
+    fold(3)
+    fold(4)
+    lg.on_trial_complete(0, [], t1)
+    assert folds_logged() == [0, 1, 2, 3, 4]
+    lg.close()

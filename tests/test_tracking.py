@@ -15,7 +15,7 @@ def _log_many(uri: str, workdir: str, tag: str, n: int) -> None:
     for i in range(n):
         rid = tracking.start_trial_run(cl, exp, sweep=tag, trial_id=f"{tag}-{i}", cfg=cfg,
                                        fingerprints={"data_fp": "d", "fold_fp": "f"})
-        tracking.log_fold(cl, rid, {"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4})
+        tracking.log_folds(cl, rid, [{"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4}])
         tracking.finish_trial_run(cl, rid, metrics={"oof_hF": 0.5}, artifacts_dir=None,
                                   status="FINISHED", bst_status="complete")
 
@@ -54,10 +54,12 @@ def test_trial_run_schema(tmp_path):
     cfg = config.load("baseline_hatr")
     rid = tracking.start_trial_run(cl, exp, sweep="s1", trial_id="t1", cfg=cfg,
                                    fingerprints={"data_fp": "D", "fold_fp": "F", "eval_fp": "E"})
-    for k in range(3):
-        tracking.log_fold(cl, rid, {"fold": k, "fold_hF": 0.1 * k, "fold_hF_strict": 0.1 * k})
+    folds = [{"fold": k, "fold_hF": 0.1 * k, "fold_hF_strict": 0.1 * k} for k in range(3)]
+    tracking.log_folds(cl, rid, folds[:1])
+    tracking.log_folds(cl, rid, folds[1:], {"bst.node": "n2"})  # a backlog: two folds, one call
     art = tmp_path / "art"
     art.mkdir()
+    (art / "state.json").write_text("{}")  # the trial's work files stay out of MLflow
     (art / "metrics.json").write_text(json.dumps({"oof_hF": 0.7}))
     (art / "config.yaml").write_text("seed: 1\n")
     tracking.finish_trial_run(cl, rid, metrics={"oof_hF": 0.7, "oof_hF_strict": 0.6,
@@ -72,6 +74,8 @@ def test_trial_run_schema(tmp_path):
     assert run.data.metrics["oof_hF"] == 0.7 and run.data.metrics["hF_fx-a"] == 0.5
     assert "hF_ss-s" not in run.data.metrics
     assert [m.step for m in cl.get_metric_history(rid, "fold_hF")] == [0, 1, 2]
+    assert [m.value for m in cl.get_metric_history(rid, "fold_hF_strict")] == [0.0, 0.1, 0.2]
+    assert t["bst.node"] == "n2"
     assert {a.path for a in cl.list_artifacts(rid)} == {"metrics.json", "config.yaml"}
     assert run.info.status == "FINISHED"
 
@@ -157,7 +161,7 @@ def test_writes_wait_out_a_restarting_server_and_create_run_stays_unique(tmp_pat
     assert [r.info.run_id for r in runs] == [rid] and lossy.calls == 1  # found by bst.attempt
     assert runs[0].data.tags["bst.node"] == "n1"
     down = _Flaky(cl, "log_batch", 3)  # refused three times, then the server is back
-    tracking.log_fold(down, rid, {"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4})
+    tracking.log_folds(down, rid, [{"fold": 0, "fold_hF": 0.5, "fold_hF_strict": 0.4}])
     assert down.calls == 4 and len(cl.get_metric_history(rid, "fold_hF")) == 1
 
 
