@@ -35,7 +35,10 @@ from typing import Any
 
 # read by Ray when it is imported or started, so set before the import
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLIReporter)
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often
+# the experiment state is saved every 2 s: a trial created and finished between two saves is
+# unknown to a driver that resumes after losing this one (Tune samples another in its place);
+# a save writes every trial's state, about 0.1 s at 1,000 trials (benchmarks/bench_scale.py)
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # MLflow is the sweep's record: Tune's own per-trial JSON, CSV and TensorBoard files would
@@ -46,6 +49,7 @@ from bst_search.config import SCHEMA  # noqa: E402
 
 FAULT_ENV = "BST_FAULT_EXIT_AFTER_FOLD"  # fault injection for tests: "<fold>:<marker file>"
 FAIL_ENV = "BST_FAULT_RAISE_AT_FOLD"  # fault injection for tests: every attempt raises there
+SLOW_ENV = "BST_FAULT_FOLD_DELAY_S"  # fault injection for tests: each fold reports this late
 TRIALS_DEFAULT, FOLDS_DEFAULT, SEED_DEFAULT = 20, 5, 0
 INTERRUPTED_RC = 130
 SYNC_ENV = "BST_TUNE_SYNC_S"  # seconds between uploads of Tune's experiment state to its storage
@@ -192,6 +196,7 @@ def trial_fn(params: dict[str, Any], *, dev: Any, eval_data: Any, crowd: Any, sp
                 raise RuntimeError(f"injected failure after fold {info['fold']} ({FAIL_ENV})")
             if info["resumed"] or info["folds_done"] == n_folds:
                 return  # reported before this restart / reported with the outputs below
+            time.sleep(float(os.environ.get(SLOW_ENV, 0)))
             tune.report(fold_result(info, metric, node),
                         checkpoint=tune.Checkpoint.from_directory(str(work)))
             if fault:
@@ -256,7 +261,7 @@ def _start_ray(address: str | None) -> str:
     """A private local Ray, or the cluster at ``address``; returns what was started/joined."""
     import ray
 
-    env = {k: os.environ[k] for k in (FAULT_ENV, FAIL_ENV, "BST_CACHE_DIR") if k in os.environ}
+    env = {k: os.environ[k] for k in (FAULT_ENV, FAIL_ENV, SLOW_ENV, "BST_CACHE_DIR") if k in os.environ}
     if ray.is_initialized():
         return "the Ray instance already running in this process"
     if address:
@@ -409,7 +414,11 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
             run_config=tune.RunConfig(
                 name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                 callbacks=[logger], failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # every checkpoint of a running trial is kept: with num_to_keep, Tune saves the
+                # whole experiment state whenever a trial checkpoints that often since the
+                # last save (a save per result or two at 32 trials with fast folds); the
+                # finished trials' checkpoints are deleted when the sweep ends
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 # the experiment state (trials, searcher) reaches s3:// / gs:// storage at most
                 # every sync_period (Tune's default: 300 s); a head lost in between would resume
                 # without the trials created since. The state is small: upload it often.
@@ -450,6 +459,8 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
         counts = {"interrupted": len(cut), "failed_writes": len(failed_writes)}
         if not cut:
             counts.update(_close_orphans(logger, rdb, args.experiment))
+            if not failed_writes:
+                counts["checkpoints_deleted"] = drop_finished_checkpoints(logger.trials, logger._done)
     except KeyboardInterrupt:  # a second Ctrl-C: do not wait for MLflow again
         logger.close(wait=False)
         raise
@@ -462,6 +473,24 @@ def _run(args: argparse.Namespace, space: Any, workdir: Path, storage_url: str, 
         print(f"warning: {len(failed_writes)} MLflow write(s) failed for good: {failed_writes[:3]}",
               file=sys.stderr)
     return summary
+
+
+def drop_finished_checkpoints(trials: list[Any], finished: set[str]) -> int:
+    """Delete the Tune checkpoints of trials whose MLflow run is FINISHED, once the sweep has
+    ended: MLflow holds their outputs and nothing resumes them (an errored trial's are kept,
+    ``--resume`` re-runs it). Returns how many checkpoint directories went."""
+    import pyarrow.fs as pafs
+
+    n = 0
+    for t in trials:
+        if t.status != "TERMINATED" or t.trial_id not in finished:
+            continue
+        fs, root = t.storage.storage_filesystem, t.storage.trial_fs_path
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                fs.delete_dir(info.path)
+                n += 1
+    return n
 
 
 def _close_orphans(logger: Any, rdb: Any, study_name: str) -> dict[str, int]:

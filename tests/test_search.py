@@ -21,7 +21,7 @@ import pytest
 
 from bst_search import tracking
 from bst_search.data import load_dataset
-from bst_search.search import FAIL_ENV, FAULT_ENV
+from bst_search.search import FAIL_ENV, FAULT_ENV, SLOW_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -102,6 +102,9 @@ def test_smoke_sweep_end_to_end_survives_a_dying_worker(tiny_data, tmp_path):
         assert re.fullmatch(r"[0-9a-f]{56}", run.data.tags["bst.node"])
     states = _optuna_states(f"sqlite:///{tmp_path / 'optuna.db'}", "e2e")
     assert states == {"COMPLETE": 4}
+    # MLflow holds the finished trials' outputs: their Tune checkpoints are gone, the state stays
+    assert not list((tmp_path / "tune").rglob("checkpoint_0*"))
+    assert list((tmp_path / "tune").rglob("experiment_state*.json"))
 
 
 def test_invalid_space_is_refused_before_ray_starts(tiny_data, tmp_path):
@@ -289,9 +292,9 @@ def test_ctrl_c_interrupts_cleanly_and_resume_continues_from_the_last_fold(tiny_
     uri = tracking.tracking_uri(tmp_path)
     cmd = _search_cmd(tiny_data, tmp_path, "ctrlc", n, "--concurrency", "2")
     log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    with open(log, "w") as out:  # folds of the tiny data take well under a second: slow them
+        proc = subprocess.Popen(cmd, env=_env(**{SLOW_ENV: "3"}), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: len(_running_with_folds(uri, "ctrlc")) >= 2, proc, "two trials ran a fold")
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the foreground group
