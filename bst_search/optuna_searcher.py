@@ -133,7 +133,9 @@ class SweepOptunaSearch(ValidOptunaSearch):
                    for t in self._ot_study.get_trials(deepcopy=False))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric not in result or not self._is_open(trial_id):
+        if self.metric not in result or result.get("trial_status") == "complete":
+            return  # the last result's value is the trial's value (on_trial_complete)
+        if not self._is_open(trial_id):
             return  # a replayed or re-run trial whose Optuna trial already ended
         try:
             self._ot_trials[trial_id].report(float(result[self.metric]), result["training_iteration"])

@@ -101,7 +101,7 @@ class MlflowTrialLogger(tune.Callback):
         self._nodes: dict[str, list[str]] = {}
         self._names: dict[str, str] = {}  # trial id -> its run's name (set by the writer threads)
         # fold results not yet in MLflow, per trial. A trial's folds are written at most every
-        # fold_interval seconds (the first at once), the rest with the run's final write:
+        # fold_interval seconds (counted from its start), the rest with the run's final write:
         # a write per fold would cost the driver a transaction per result
         self.fold_interval = float(os.environ.get(FOLD_WRITE_ENV, "10"))
         self._pending: dict[str, list[dict[str, Any]]] = {}
@@ -216,6 +216,7 @@ class MlflowTrialLogger(tune.Callback):
             return
         self._open.add(tid)
         config = dict(trial.config)
+        self._last_fold_write[tid] = time.monotonic()
         self._submit(tid, lambda cl: self._ensure_run(cl, tid, config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -115,6 +115,8 @@ def test_a_result_costs_one_write_and_no_read(tmp_path):
     for k in range(1, 6):
         s.on_trial_result("t1", {"oof_hF": 0.1 * k, "training_iteration": k})
     assert reads == []
-    s.on_trial_complete("t1", {"oof_hF": 0.5, "trial_status": "complete"})
+    last = {"oof_hF": 0.5, "training_iteration": 6, "trial_status": "complete"}
+    s.on_trial_result("t1", last)  # the trial's value, not an intermediate one
+    s.on_trial_complete("t1", last)
     (t,) = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
-    assert t.state == S.COMPLETE and len(t.intermediate_values) == 5
+    assert (t.state, t.value, len(t.intermediate_values)) == (S.COMPLETE, 0.5, 5)
