@@ -16,8 +16,13 @@ Prints, for the SQLite stores and (with ``--postgres URL``) PostgreSQL ones:
 * the driver's resident memory at each checkpoint;
 * FINISHED runs and duplicates (must be exactly N and 0).
 
+With ``--mlflow-server`` MLflow sits behind ``mlflow server`` on the same store (the cluster
+layout: the driver sends HTTP requests, the server does the database work); the server's own
+CPU per trial is printed beside the driver's.
+
     python benchmarks/bench_scale.py [--trials 1000] [--cpus 32] [--concurrency 32]
                                      [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+                                     [--mlflow-server]
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -56,9 +64,10 @@ def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: An
 
     from bst_search import config
     from bst_search.metrics import evaluate
-    from bst_search.search import final_result, fold_result
+    from bst_search.search import final_result, fold_result, quiet_worker_logs
     from bst_search.taxonomy import PROBA_COLUMNS
 
+    quiet_worker_logs()
     rng = np.random.default_rng(abs(hash(json.dumps(params, sort_keys=True, default=str))) % 2**32)
     proba = rng.dirichlet(np.ones(len(PROBA_COLUMNS)), size=len(dev.y)).astype(np.float32)
     proba[np.arange(len(dev.y)), dev.y] += 0.5
@@ -128,15 +137,71 @@ class Probe:
                           f"wall {self.at[m][1]:.1f} s, max RSS {rss:,.0f} MiB", flush=True)
 
 
+def start_mlflow_server(store: str, root: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on ``store`` (artifacts under ``root``); returns it and its URL."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", store, "--artifacts-destination", str(root / "mlartifacts")],
+                            stdout=subprocess.DEVNULL, stderr=open(root / "mlflow-server.log", "w"))
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start; see {root / 'mlflow-server.log'}") from None
+            time.sleep(0.5)
+    # its job runner keeps starting for ~10 s after /health answers (~14 s of CPU): wait
+    # until the server idles, so that its CPU counted from here is the sweep's
+    before = tree_cpu(proc.pid)
+    while time.time() < deadline:
+        time.sleep(2)
+        now = tree_cpu(proc.pid)
+        if now - before < 0.3:
+            break
+        before = now
+    return proc, url
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants (from /proc: Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)  # ppid, utime + stime
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (pp, _) in stats.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
 def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: str | None,
         mlflow_url: str | None) -> None:
     import ray
+
+    server = None
+    if a.mlflow_server:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        server, mlflow_url = start_mlflow_server(mlflow_url or f"sqlite:///{root / kind / 'mlflow.db'}", root / kind)
+        kind, server_cpu0 = f"{kind}-mlflow-server", tree_cpu(server.pid)
 
     space = root / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     argv = ["--data", str(data["dev"]), "--space", str(space), "--experiment", f"scale-{kind}",
             "--trials", str(a.trials), "--concurrency", str(a.concurrency), "--cpus-per-trial", "1",
-            "--workdir", str(root / kind), "--max-failures", "0"]
+            "--workdir", str(root / kind), "--max-failures", "0", "--sampler", a.sampler]
     if optuna_url:
         argv += ["--optuna-storage", optuna_url]
     if mlflow_url:
@@ -154,6 +219,7 @@ def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: st
     probe.stop.set()
     th.join()
     ray.shutdown()
+    server_cpu = tree_cpu(server.pid) - server_cpu0 if server is not None else None
     cl = tracking.client(mlflow_url or summary["tracking_uri"])
     exp = cl.get_experiment_by_name(f"scale-{kind}").experiment_id
     runs = tracking.find_runs(cl, exp, status="FINISHED")
@@ -162,6 +228,10 @@ def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: st
     print(f"FINISHED runs {len(runs)} (expected {a.trials}), duplicates {len(ids) - len(set(ids))}")
     print(f"wall {wall:.1f} s -> {a.trials / wall * 60:.1f} trials/min; driver CPU {cpu:.1f} s "
           f"-> {cpu / a.trials:.3f} s/trial (includes start-up and the final reconciliation)")
+    if server is not None:
+        print(f"MLflow server CPU {server_cpu:.1f} s -> {server_cpu / a.trials:.3f} s/trial")
+        server.terminate()
+        server.wait(30)
     prev = (0, 0.0)
     for m in marks:
         if m in probe.at:
@@ -184,6 +254,10 @@ def main() -> None:
     ap.add_argument("--postgres", help="a PostgreSQL server URL: also run with Optuna and "
                     "MLflow in two fresh databases there")
     ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--sampler", default="tpe", help="the sweep's --sampler (random: no model "
+                    "fitted to the finished trials, so a cost that grows with them is not Optuna's)")
+    ap.add_argument("--mlflow-server", action="store_true",
+                    help="MLflow behind `mlflow server` on the same store (the cluster layout)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

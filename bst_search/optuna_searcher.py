@@ -11,11 +11,17 @@ What Optuna is told, so that it learns only from the objective:
 
 * a trial that finished all its folds is COMPLETE with the objective's value;
 * a trial the scheduler stopped is PRUNED (its running values are its intermediate values);
-* a trial that errored is FAIL; when ``--resume`` re-runs it and it completes, its outcome is
+* a trial that errored is FAIL (with the running values it reported); when ``--resume`` re-runs it and it completes, its outcome is
   added as a new Optuna trial with the same parameters (an Optuna trial cannot leave FAIL), so
   MLflow's FINISHED run and Optuna's COMPLETE trial agree;
 * a trial whose final value the study already holds (the driver died between Optuna's update
   and Tune's next state save) keeps it.
+
+A trial's running values are held by this searcher and written when it ends, and only when it
+ends PRUNED or FAIL: a COMPLETE trial's value is its value (its per-fold curve is in MLflow,
+``fold_hF`` by step), and one write per fold was a tenth of the driver's CPU at 32 concurrent
+trials (``benchmarks/bench_scale.py``). Constant-liar TPE does not read a running trial's
+intermediate values; for a PRUNED trial it ranks by the last one, which is written.
 """
 
 from __future__ import annotations
@@ -68,6 +74,13 @@ class SweepOptunaSearch(ValidOptunaSearch):
 
     _VOLATILE = ("_storage", "_ot_study", "_ot_trials", "_open")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per Tune trial: whether its Optuna trial still takes values; read from the study once
+        # per trial and driver (this searcher is its only writer), never once per result
+        self._open: dict[str, bool] = {}
+        self._running: dict[str, dict[int, float]] = {}  # running values, kept in the state
+
     def _state(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in self._VOLATILE}
         state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in (self._ot_trials or {}).items()}
@@ -81,6 +94,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
                                            sampler=self._sampler)
         self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in ids.items()}
         self._open = {}
+        self.__dict__.setdefault("_running", {})  # a state saved before it existed
 
     def __getstate__(self) -> dict[str, Any]:  # tuner.pkl
         return self._state()
@@ -105,23 +119,14 @@ class SweepOptunaSearch(ValidOptunaSearch):
         t = self._ot_trials.get(trial_id)
         if t is not None:  # lets a reader of the study find the Tune trial (and MLflow run)
             self._ot_study._storage.set_trial_user_attr(t._trial_id, TUNE_TRIAL_ATTR, trial_id)
-            self._opened()[trial_id] = True
+            self._open[trial_id] = True
         return params
 
-    def _opened(self) -> dict[str, bool]:
-        """Per Tune trial: whether its Optuna trial still takes values. Read from the study
-        once per trial and driver, then kept: this searcher is the trial's only writer, and a
-        read per result would cost the driver a database round trip per fold."""
-        if getattr(self, "_open", None) is None:
-            self._open = {}
-        return self._open
-
     def _is_open(self, trial_id: str) -> bool:
-        opened = self._opened()
-        if trial_id not in opened:
+        if trial_id not in self._open:
             frozen = self._frozen(trial_id)
-            opened[trial_id] = frozen is not None and not frozen.state.is_finished()
-        return opened[trial_id]
+            self._open[trial_id] = frozen is not None and not frozen.state.is_finished()
+        return self._open[trial_id]
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         t = self._ot_trials.get(trial_id)
@@ -135,12 +140,17 @@ class SweepOptunaSearch(ValidOptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric not in result or result.get("trial_status") == "complete":
             return  # the last result's value is the trial's value (on_trial_complete)
-        if not self._is_open(trial_id):
-            return  # a replayed or re-run trial whose Optuna trial already ended
-        try:
-            self._ot_trials[trial_id].report(float(result[self.metric]), result["training_iteration"])
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._opened()[trial_id] = False
+        if trial_id in self._ot_trials:  # written when the trial ends (module docstring)
+            step = int(result["training_iteration"])
+            self._running.setdefault(trial_id, {})[step] = float(result[self.metric])
+
+    def _write_running(self, trial_id: str) -> None:
+        """The running values of a trial that ends PRUNED or FAIL, as its intermediate values."""
+        for step, value in sorted(self._running.get(trial_id, {}).items()):
+            try:
+                self._ot_trials[trial_id].report(value, step)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._ot_trials:
@@ -148,13 +158,15 @@ class SweepOptunaSearch(ValidOptunaSearch):
         state, value = outcome(result, self.metric, error)
         S = optuna.trial.TrialState
         if self._is_open(trial_id):
+            if state != S.COMPLETE:
+                self._write_running(trial_id)
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
-            self._opened()[trial_id] = False
+            self._open[trial_id] = False
         else:
             frozen = self._frozen(trial_id)
             if frozen.state == S.FAIL and state != S.FAIL and not self._rerun_told(frozen.number):
                 # an errored trial re-run on resume
-                values = dict(frozen.intermediate_values)
+                values = {**frozen.intermediate_values, **self._running.get(trial_id, {})}
                 if state == S.PRUNED and result and isinstance(result.get(self.metric), (int, float)):
                     values[int(result.get("training_iteration", len(values) + 1))] = float(result[self.metric])
                 self._ot_study.add_trial(optuna.trial.create_trial(
@@ -162,4 +174,5 @@ class SweepOptunaSearch(ValidOptunaSearch):
                     intermediate_values=values,
                     user_attrs={**frozen.user_attrs, "bst.rerun_of": frozen.number}))
                 log.info("trial %s re-run after FAIL: its outcome is Optuna trial %s", trial_id, state.name)
+        self._running.pop(trial_id, None)
         self._completed_trials.add(trial_id)

@@ -80,6 +80,19 @@ class Writers:
                 t.join(10)
 
 
+def forget_statistics(trial: Any) -> None:
+    """Clear a finished trial's running statistics in Tune (min, max, mean and last-5/10 means
+    of every reported number: Tune's best-trial bookkeeping; the sweep's record is MLflow).
+    Tune writes every trial's state at every experiment-state save (every 2 s), so a finished
+    trial's weight is paid again and again: with them (8.8 KB) and full checkpoint records
+    (``TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE`` in search.py) a finished trial took 24.5 KB
+    of the file, now 9.3 KB, and the save's cost per trial grew with the sweep. Called
+    before Tune re-encodes the trial as TERMINATED; a Ray without these fields is left alone."""
+    meta = getattr(trial, "run_metadata", None)
+    if meta is not None and hasattr(meta, "metric_analysis") and hasattr(meta, "metric_n_steps"):
+        meta.metric_analysis, meta.metric_n_steps = {}, {}
+
+
 class MlflowTrialLogger(tune.Callback):
     """Writes one MLflow run per Tune trial from the driver process (the only writer)."""
 
@@ -99,7 +112,6 @@ class MlflowTrialLogger(tune.Callback):
         self._open: set[str] = set()  # trials whose run is open (or queued to open)
         self._folds: dict[str, set[int]] = {}
         self._nodes: dict[str, list[str]] = {}
-        self._names: dict[str, str] = {}  # trial id -> its run's name (set by the writer threads)
         # fold results not yet in MLflow, per trial. A trial's folds are written at most every
         # fold_interval seconds (counted from its start), the rest with the run's final write:
         # a write per fold would cost the driver a transaction per result
@@ -169,12 +181,10 @@ class MlflowTrialLogger(tune.Callback):
     def _ensure_run(self, cl: Any, trial_id: str, config: dict[str, Any] | None) -> str:
         if trial_id not in self._runs:
             nodes = self._nodes.get(trial_id, [])
-            cfg = self._config(config)
             self._runs[trial_id] = tracking.start_trial_run(
                 cl, self.experiment_id, sweep=self.sweep, trial_id=trial_id,
-                cfg=cfg, fingerprints=self.fingerprints,
+                cfg=self._config(config), fingerprints=self.fingerprints,
                 node=nodes[-1] if nodes else "", resources=self.resources)
-            self._names[trial_id] = tracking.run_name(trial_id, cfg)
         return self._runs[trial_id]
 
     def _take_folds(self, trial_id: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -258,6 +268,7 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
         self.finish(trial.trial_id, trial.last_result or {}, trial.checkpoint, dict(trial.config))
+        forget_statistics(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid, config = trial.trial_id, dict(trial.config)
@@ -320,7 +331,8 @@ class MlflowTrialLogger(tune.Callback):
                     tracking.finish_trial_run(cl, run_id, metrics={**measured, **result}, artifacts_dir=d,
                                               folds=folds, tags=tags, status="FINISHED",
                                               bst_status="complete", objective=self.space.metric,
-                                              name=self._names.get(trial_id))
+                                              # the name _ensure_run gave the run
+                                              name=tracking.run_name(trial_id, self._config(config)))
             else:
                 done = int(result.get("folds_done", 0))
                 tracking.finish_trial_run(
@@ -328,7 +340,6 @@ class MlflowTrialLogger(tune.Callback):
                     status="FINISHED", bst_status="early_stopped",
                     note=f"stopped by the scheduler after {done}/{self.n_folds} folds")
             self._runs.pop(trial_id, None)
-            self._names.pop(trial_id, None)
 
         self._submit(trial_id, close)
 

@@ -43,6 +43,42 @@ SUMMARY_METRICS = ("oof_hF", "oof_hF_strict", "oof_hP", "oof_hR", "oof_hP_strict
                    "model_seconds", "wall_seconds", "epochs_mean", "folds_resumed")
 
 
+_WAL = False  # write_ahead_sqlite() has installed its listener in this process
+
+
+def write_ahead_sqlite() -> None:
+    """Open every SQLite store of this process (MLflow's, Optuna's) in write-ahead-log mode with
+    ``synchronous=NORMAL``. Why: in SQLite's default mode a commit creates, syncs and deletes a
+    journal file; in WAL mode it appends to the log. A sweep commits about 20 times per trial;
+    the commit's CPU fell from 362 to 23 us (2026-11-24, this 2-core machine, 2,000 commits).
+    A killed process loses no commit (the log is in the OS's cache), a power cut can lose the
+    last ones but never corrupts the file, and readers (the MLflow UI, ``bst-search report``)
+    no longer block the writer. The log lives beside the file (``mlflow.db-wal``) until the
+    last connection closes: copy the folder, not the file, while a sweep runs. Idempotent."""
+    global _WAL
+    if _WAL:
+        return
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if not isinstance(dbapi_connection, sqlite3.Connection):
+            return
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError:  # a read-only connection (mode=ro) keeps the file's mode
+            pass
+        finally:
+            cur.close()
+
+    event.listen(Engine, "connect", on_connect)
+    _WAL = True
+
+
 def default_workdir() -> Path:
     return Path(os.environ.get("BST_WORKDIR", "bst-runs"))
 
@@ -235,13 +271,15 @@ def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
 
     resources = {CPUS if k.lower() == "cpu" else GPUS: v for k, v in (resources or {}).items()
                  if k.lower() in ("cpu", "gpu")}
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     attempt = uuid.uuid4().hex
+    params = [Param(k, v) for k, v in _params(cfg).items()]
     tags = {KIND: "trial", SWEEP: sweep, TRIAL_ID: trial_id, STATUS: "running", ATTEMPT: attempt,
             DATA_FP: fingerprints.get("data_fp", ""), FOLD_FP: fingerprints.get("fold_fp", ""),
             EVAL_FP: fingerprints.get("eval_fp", ""), BACKBONES: ",".join(cfg["backbones"]),
-            RUN_NAME: run_name(trial_id, cfg), **{k: str(v) for k, v in resources.items()}}
+            RUN_NAME: run_name(trial_id, cfg), "bst.config_keys": str(len(params)),
+            **{k: str(v) for k, v in resources.items()}}
     if node:
         tags[NODE] = node
 
@@ -250,9 +288,7 @@ def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
         return page[0] if page else None
 
     run = _with_retry(cl.create_run, experiment_id, tags=tags, before_retry=created_before)
-    params = [Param(k, v) for k, v in _params(cfg).items()]
-    _with_retry(cl.log_batch, run.info.run_id, params=params,
-                tags=[RunTag("bst.config_keys", str(len(params)))])
+    _with_retry(cl.log_batch, run.info.run_id, params=params)  # tags went with the run
     return run.info.run_id
 
 

@@ -2,13 +2,16 @@
 
 import json
 import multiprocessing as mp
+import sqlite3
 
 import pytest
 
 from bst_search import config, tracking
 
 
-def _log_many(uri: str, workdir: str, tag: str, n: int) -> None:
+def _log_many(uri: str, workdir: str, tag: str, n: int, ahead: bool = False) -> None:
+    if ahead:
+        tracking.write_ahead_sqlite()
     cl = tracking.client(uri)
     exp = tracking.ensure_experiment(cl, "concurrent", workdir, uri)
     cfg = config.defaults()
@@ -29,22 +32,48 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert tracking.artifact_location(tmp_path, "http://h:5000") is None
 
 
-def test_two_processes_write_one_sqlite_store_without_loss(tmp_path):
-    uri = tracking.tracking_uri(tmp_path)
-    tracking.ensure_experiment(tracking.client(uri), "concurrent", tmp_path, uri)  # schema once
+def _two_writers(uri: str, workdir: str, n: int, ahead: bool = False) -> None:
+    """Two processes write ``n`` trial runs each into one store (its schema made already)."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_log_many, args=(uri, str(tmp_path), t, 15)) for t in ("a", "b")]
+    procs = [ctx.Process(target=_log_many, args=(uri, workdir, t, n, ahead)) for t in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
         p.join(180)
     assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_two_processes_write_one_sqlite_store_without_loss(tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    tracking.ensure_experiment(tracking.client(uri), "concurrent", tmp_path, uri)  # schema once
+    _two_writers(uri, str(tmp_path), 15)
     cl = tracking.client(uri)
     exp = cl.get_experiment_by_name("concurrent").experiment_id
     runs = tracking.find_runs(cl, exp, status="FINISHED")
     assert len(runs) == 30
     assert len({r.data.tags[tracking.TRIAL_ID] for r in runs}) == 30
     assert all(r.data.metrics["oof_hF"] == 0.5 for r in runs)
+
+
+def test_write_ahead_log_two_writers_and_read_only_readers(tmp_path):
+    """The driver opens SQLite stores in WAL mode: two writing processes lose nothing, and a
+    read-only reader (the report's, the dashboard's) reads beside an open writer and after."""
+    from bst_search.report import read_only_sqlite
+
+    uri = tracking.tracking_uri(tmp_path)
+    tracking.write_ahead_sqlite()
+    writer = tracking.client(uri)
+    tracking.ensure_experiment(writer, "concurrent", tmp_path, uri)  # schema once (MLflow's)
+    _two_writers(uri, str(tmp_path), 10, ahead=True)
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader = tracking.client(read_only_sqlite(uri))
+    exp = reader.get_experiment_by_name("concurrent").experiment_id
+    assert len(tracking.find_runs(reader, exp, status="FINISHED")) == 20  # after the writers
+    rid = tracking.start_trial_run(writer, exp, sweep="c", trial_id="c-0", cfg=config.defaults(),
+                                   fingerprints={"data_fp": "d", "fold_fp": "f"})
+    assert (tmp_path / "mlflow.db-wal").exists()  # the writer's connection is open
+    assert tracking.client(read_only_sqlite(uri)).get_run(rid).info.status == "RUNNING"
 
 
 def test_trial_run_schema(tmp_path):
