@@ -1,7 +1,7 @@
 """How the search driver scales with the number of trials (issue 11, item 6).
 
 Runs the real driver (``run_search``: Optuna searcher, concurrency limit, Tune loop,
-checkpoints, experiment-state saves, the MLflow callback with its writer threads, the final
+checkpoints, experiment-state saves, the MLflow callback and its writer process, the final
 reconciliation) with a trainable that does a few milliseconds of real work per fold on the
 smoke data: it scores seeded random probabilities with the hierarchical metric, reports after
 every fold with a checkpoint, and leaves the artifacts a trial leaves (oof.parquet,
@@ -10,7 +10,8 @@ metrics.json, config.yaml). Everything but the model training is what a sweep do
 Prints, for the SQLite stores and (with ``--postgres URL``) PostgreSQL ones:
 * driver CPU seconds per trial (the driver process, all its threads), overall and between
   checkpoints (100 / 500 / 1,000 trials by default), so a cost that grows with the number of
-  runs shows as a rising figure;
+  runs shows as a rising figure; beside it, the CPU of the sweep's MLflow writer process
+  (``sweep_logger.Writers``), which does the MLflow writes outside the driver;
 * trials per minute (wall);
 * the Tune experiment-state save time (mean / max of ``TuneController.checkpoint``);
 * the driver's resident memory at each checkpoint;
@@ -105,6 +106,7 @@ class Probe:
 
     def __init__(self, marks: list[int]) -> None:
         self.marks, self.at, self.saves = marks, {}, []
+        self.writer_cpu: dict[int, float] = {}  # MLflow writer process -> its last CPU reading
         self.stop = threading.Event()
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
@@ -128,13 +130,20 @@ class Probe:
         from bst_search import sweep_logger
 
         while not self.stop.wait(0.25):
-            done = sum(len(lg._done) for lg in list(sweep_logger._LIVE.values()))
+            live = list(sweep_logger._LIVE.values())
+            done = sum(len(lg._done) for lg in live)
+            for lg in live:  # the MLflow writer process: its CPU, read while it lives
+                pid = getattr(getattr(lg.writers, "process", None), "pid", None)
+                if pid:
+                    self.writer_cpu[pid] = tree_cpu(pid, alone=True)
             for m in self.marks:
                 if m not in self.at and done >= m:
                     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                    self.at[m] = (time.process_time() - self.cpu0, time.perf_counter() - self.t0, rss)
+                    self.at[m] = (time.process_time() - self.cpu0, time.perf_counter() - self.t0, rss,
+                                  sum(self.writer_cpu.values()))
                     print(f"[bench_scale] {m} trials done: driver CPU {self.at[m][0]:.1f} s, "
-                          f"wall {self.at[m][1]:.1f} s, max RSS {rss:,.0f} MiB", flush=True)
+                          f"writer CPU {self.at[m][3]:.1f} s, wall {self.at[m][1]:.1f} s, "
+                          f"max RSS {rss:,.0f} MiB", flush=True)
 
 
 def start_mlflow_server(store: str, root: Path) -> tuple[subprocess.Popen, str]:
@@ -169,11 +178,11 @@ def start_mlflow_server(store: str, root: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (from /proc: Linux)."""
+def tree_cpu(pid: int, alone: bool = False) -> float:
+    """CPU seconds of a process and its descendants, or of it ``alone`` (from /proc: Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     stats = {}
-    for d in Path("/proc").glob("[0-9]*"):
+    for d in ([Path(f"/proc/{pid}")] if alone else Path("/proc").glob("[0-9]*")):
         try:
             f = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
@@ -228,17 +237,21 @@ def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: st
     print(f"FINISHED runs {len(runs)} (expected {a.trials}), duplicates {len(ids) - len(set(ids))}")
     print(f"wall {wall:.1f} s -> {a.trials / wall * 60:.1f} trials/min; driver CPU {cpu:.1f} s "
           f"-> {cpu / a.trials:.3f} s/trial (includes start-up and the final reconciliation)")
+    writer = sum(probe.writer_cpu.values())  # read until the writer's last quarter second
+    print(f"MLflow writer process CPU {writer:.1f} s -> {writer / a.trials:.3f} s/trial "
+          f"(driver + writer {(cpu + writer) / a.trials:.3f} s/trial)")
     if server is not None:
         print(f"MLflow server CPU {server_cpu:.1f} s -> {server_cpu / a.trials:.3f} s/trial")
         server.terminate()
         server.wait(30)
-    prev = (0, 0.0)
+    prev = (0, 0.0, 0.0)
     for m in marks:
         if m in probe.at:
-            c, w, rss = probe.at[m]
+            c, w, rss, wc = probe.at[m]
             print(f"  at {m:5d} trials: driver CPU {c:7.1f} s, {(c - prev[1]) / (m - prev[0]):.3f} s/trial "
-                  f"since {prev[0]}; wall {w:7.1f} s; max RSS {rss:,.0f} MiB")
-            prev = (m, c)
+                  f"since {prev[0]} (writer {(wc - prev[2]) / (m - prev[0]):.3f}); wall {w:7.1f} s; "
+                  f"max RSS {rss:,.0f} MiB")
+            prev = (m, c, wc)
     if probe.saves:
         s = sorted(probe.saves)
         print(f"experiment-state saves: {len(s)}, mean {sum(s) / len(s) * 1000:.1f} ms, "

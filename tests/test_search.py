@@ -171,8 +171,11 @@ def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
     n = 6
     uri = tracking.tracking_uri(tmp_path)
     cmd = _search_cmd(tiny_data, tmp_path, "resume", n, "--concurrency", "2")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    # the first driver's folds report 3 s late: when 2 trials have finished, the other 4 take
+    # 30 s more, longer than the second driver needs to start (on a loaded machine, it once
+    # found the whole sweep finished and resumed it instead of being refused)
+    proc = subprocess.Popen(cmd, env=_env(**{SLOW_ENV: "3"}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     try:
         while time.time() < deadline:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,16 +82,67 @@ def test_results_never_search_mlflow_and_writes_keep_their_order(tmp_path, monke
     assert (r2.info.status, r2.data.tags["bst.status"]) == ("KILLED", "interrupted")
 
 
-def test_writers_run_each_keys_writes_in_order(tmp_path):
-    w = Writers(tracking.tracking_uri(tmp_path), n=3, maxsize=4)  # a small queue: back-pressure
+class _Ledger:
+    """A book whose writes append a line to a file: what the writer process ran, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def note(self, cl, key: str, i: int) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(f"{os.getpid()} {key} {i}\n")
+
+    def boom(self, cl) -> None:
+        raise ZeroDivisionError("a write that fails")
+
+
+def _ledger(path: Path) -> dict[str, list[int]]:
     seen: dict[str, list[int]] = {}
+    for line in path.read_text().splitlines():
+        _, key, i = line.split()
+        seen.setdefault(key, []).append(int(i))
+    return seen
+
+
+def test_writers_run_each_keys_writes_in_order_in_another_process(tmp_path):
+    path = tmp_path / "ledger"
+    w = Writers(tracking.tracking_uri(tmp_path), _Ledger(path), n=3, maxsize=4)  # small: back-pressure
     for i in range(60):
-        key = f"k{i % 5}"
-        w.submit(key, lambda cl, key=key, i=i: seen.setdefault(key, []).append(i))
-    w.submit("k0", lambda cl: 1 / 0)  # a failing write is reported, the others go on
-    w.close()
+        w.submit(f"k{i % 5}", "note", f"k{i % 5}", i)
+    w.submit("k0", "boom")  # a failing write is reported, the others go on
+    w.drain()
+    seen = _ledger(path)
     assert all(v == sorted(v) and len(v) == 12 for v in seen.values()) and len(seen) == 5
     assert len(w.errors) == 1 and "ZeroDivisionError" in w.errors[0]
+    assert {int(line.split()[0]) for line in path.read_text().splitlines()} == {w.process.pid} != {os.getpid()}
+    w.close()
+    assert w.process.exitcode == 0
+
+
+def test_writes_a_dead_driver_sent_are_still_performed(tmp_path):
+    """The driver is SIGKILLed right after queueing: its writer process performs what it was
+    sent, then exits (nothing left behind)."""
+    path = tmp_path / "ledger"
+    code = (f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_sweep_logger import _Ledger\n"
+            "from bst_search.sweep_logger import Writers\n"
+            "if __name__ == '__main__':\n"
+            f"    w = Writers({tracking.tracking_uri(tmp_path)!r}, _Ledger(__import__('pathlib').Path({str(path)!r})), n=2)\n"
+            "    for i in range(200):\n"
+            "        w.submit(f'k{i % 4}', 'note', f'k{i % 4}', i)\n"
+            "    print(w.process.pid, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    script = tmp_path / "driver.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    child = int(r.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists(), "the writer process outlived its driver"
+    seen = _ledger(path)
+    assert sum(len(v) for v in seen.values()) == 200 and all(v == sorted(v) for v in seen.values())
 
 
 def test_fold_metrics_are_batched_and_none_is_lost(tmp_path, monkeypatch):
