@@ -1,4 +1,5 @@
-"""Search driver: Ray Tune runs Optuna-suggested trials; the driver alone writes to MLflow.
+"""Search driver: Ray Tune runs Optuna-suggested trials; the driver's writer process alone
+writes to MLflow.
 
 How the pieces fit:
 * the development (and evaluation, crowd) data are loaded once, validated and put into
@@ -14,7 +15,7 @@ How the pieces fit:
   (Optuna is told PRUNED), and a retried or resumed trial continues from its last finished fold;
   its device and threads are the resources Ray assigned it, and it reports the node it ran on;
 * :class:`~bst_search.sweep_logger.MlflowTrialLogger`, a Tune callback in the driver process,
-  opens one MLflow run per trial and queues its writes to background threads;
+  opens one MLflow run per trial and sends its writes to the sweep's MLflow writer process;
 * the sweep's identity (id, fingerprints, space hash, fixed arguments) and a lease live in the
   Optuna database (:mod:`bst_search.sweep_state`), the Tune state in ``--tune-storage``: a
   ``--resume`` from any machine that reaches both continues the sweep; Ctrl-C leaves it

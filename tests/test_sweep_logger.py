@@ -145,6 +145,21 @@ def test_writes_a_dead_driver_sent_are_still_performed(tmp_path):
     assert sum(len(v) for v in seen.values()) == 200 and all(v == sorted(v) for v in seen.values())
 
 
+def test_a_dead_writer_process_is_an_error_not_a_hang(tmp_path):
+    """The writer process dies (OOM killer, say): the driver goes on, and drain() reports it."""
+    w = Writers(tracking.tracking_uri(tmp_path), _Ledger(tmp_path / "ledger"), n=2)
+    w.submit("k", "note", "k", 0)
+    w.drain()
+    os.kill(w.process.pid, signal.SIGKILL)
+    w.process.join(30)
+    for i in range(1, 50):  # more than a pipe holds, were nobody reading
+        w.submit("k", "note", "k", i)
+    w.drain()
+    assert len(w.errors) == 1 and "writer process is gone" in w.errors[0]
+    assert _ledger(tmp_path / "ledger") == {"k": [0]}
+    w.close()
+
+
 def test_fold_metrics_are_batched_and_none_is_lost(tmp_path, monkeypatch):
     """A trial's folds are written at most every BST_MLFLOW_FOLD_S seconds from its start (a
     write per fold was a transaction per result); the rest go with the close."""
