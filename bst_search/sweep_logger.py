@@ -60,11 +60,8 @@ class RunBook:
 
     def log_folds(self, cl: Any, trial_id: str, config: dict[str, Any] | None, node: str,
                   folds: list[dict[str, Any]], tags: dict[str, str]) -> None:
+        """Fold metrics and tags (either may be empty) in one batch."""
         tracking.log_folds(cl, self.open(cl, trial_id, config, node), folds, tags)
-
-    def set_tags(self, cl: Any, trial_id: str, config: dict[str, Any] | None, node: str,
-                 tags: dict[str, str]) -> None:
-        tracking.set_tags(cl, self.open(cl, trial_id, config, node), tags)
 
     def complete(self, cl: Any, trial_id: str, config: dict[str, Any] | None, node: str,
                  folds: list[dict[str, Any]], tags: dict[str, str], result: dict[str, Any],
@@ -363,7 +360,8 @@ class MlflowTrialLogger(tune.Callback):
         if tid in self._done:
             return
         self._open.add(tid)
-        self._configs[tid] = config = dict(trial.config)
+        if tid not in self._configs:  # a trial's config does not change: copied once
+            self._configs[tid] = dict(trial.config)
         node = result.get("node")
         seen = self._nodes.setdefault(tid, [])
         tags: dict[str, str] = {}
@@ -377,7 +375,7 @@ class MlflowTrialLogger(tune.Callback):
             if time.monotonic() - self._last_fold_write.get(tid, -math.inf) >= self.fold_interval:
                 self._queue_folds(tid)
         elif tags:
-            self._submit(tid, "set_tags", config, self._node(tid), tags)
+            self._submit(tid, "log_folds", self._configs[tid], self._node(tid), [], tags)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Once a second: queue the folds that have waited ``fold_interval`` seconds."""

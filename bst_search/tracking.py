@@ -292,13 +292,6 @@ def start_trial_run(cl: Any, experiment_id: str, *, sweep: str, trial_id: str,
     return run.info.run_id
 
 
-def set_tags(cl: Any, run_id: str, tags: dict[str, str]) -> None:
-    """Several tags in one call (one transaction)."""
-    from mlflow.entities import RunTag
-
-    _with_retry(cl.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-
 def log_folds(cl: Any, run_id: str, infos: list[dict[str, Any]],
               tags: dict[str, str] | None = None) -> None:
     """Per-fold values as steps, so the MLflow UI plots them against the fold; several folds

@@ -98,15 +98,28 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def marked_pids(marker: str, node: str | None = None) -> list[int]:
-    """Live processes carrying ``BST_CLUSTER_HARNESS=marker`` (and ``BST_CLUSTER_NODE=node``)."""
+def _cwd_in(pid: int, root: Path) -> bool:
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+    except OSError:
+        return False
+    return cwd == str(root) or cwd.startswith(f"{root}/")
+
+
+def marked_pids(marker: str, node: str | None = None, root: Path | None = None) -> list[int]:
+    """Live processes carrying ``BST_CLUSTER_HARNESS=marker`` (and ``BST_CLUSTER_NODE=node``),
+    or, for the whole cluster, working in ``root``: a Ray agent whose node's raylet was killed
+    outlives it, and its process title overwrites the environment /proc shows (no marker)."""
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        env = _environ(int(entry.name))
+        pid = int(entry.name)
+        env = _environ(pid)
         if env.get(MARK_ENV) == marker and (node is None or env.get(NODE_ENV) == node):
-            pids.append(int(entry.name))
+            pids.append(pid)
+        elif node is None and root is not None and _cwd_in(pid, root):
+            pids.append(pid)
     return pids
 
 
@@ -135,12 +148,13 @@ def kill_pids(pids: Iterable[int], grace: float = 3.0) -> None:
             return
 
 
-def kill_marked(marker: str, node: str | None = None, grace: float = 3.0) -> int:
+def kill_marked(marker: str, node: str | None = None, grace: float = 3.0,
+                root: Path | None = None) -> int:
     """Kill every process of this cluster (or of one of its nodes); repeat until none is left
     (a dying parent may still spawn); return how many were killed."""
     total = 0
     for _ in range(5):
-        pids = marked_pids(marker, node)
+        pids = marked_pids(marker, node, root)
         if not pids:
             break
         kill_pids(pids, grace)
@@ -374,7 +388,7 @@ class Cluster:
     def stop(self) -> None:
         """Kill everything this cluster started and drop its databases; never raises."""
         try:
-            kill_marked(self.marker)
+            kill_marked(self.marker, root=self.root)
         finally:
             if self.databases:
                 try:

@@ -41,7 +41,7 @@ if _why:
 def _teardown(c: ch.Cluster) -> None:
     print(c.tail_logs(30))  # captured: pytest shows it only when the test failed
     c.stop()
-    left = ch.marked_pids(c.marker)
+    left = ch.marked_pids(c.marker, root=c.root)
     shutil.rmtree(c.root, ignore_errors=True)
     assert not left, f"processes of the cluster survived its teardown: {left}"
 
