@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= bst-runs/demo
 
-.PHONY: venv demo test test-cluster lint bench clean
+.PHONY: venv demo test test-cluster lint docs bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-test: venv
+test: venv docs
 	$(BIN)/ruff check bst_search tests benchmarks launch
 	$(BIN)/python -m pytest -q tests -m "not cluster"
+
+# the documentation site (docs/, mkdocs.yml): a broken link or a page missing from the nav fails
+docs: venv
+	$(BIN)/mkdocs build --strict --quiet --site-dir bst-runs/site
 
 # A three-node Ray cluster with S3 (moto), PostgreSQL and an MLflow server, node/head/MLflow
 # loss mid-sweep, and ray up -> ray submit -> ray down over ssh (needs openssh-server).

@@ -30,8 +30,8 @@ import pandas as pd
 def make_set(root: Path, n_clips: int, n_texts: int, seconds: float = 5.0) -> Path:
     import soundfile as sf
 
-    from bst_search.extract.demo_audio import _clip
-    from bst_search.synth import _texts
+    from bst_search.synth.audio import _clip
+    from bst_search.synth.texts import sound_texts
 
     rng = np.random.default_rng(0)
     n = max(n_clips, n_texts)
@@ -41,7 +41,7 @@ def make_set(root: Path, n_clips: int, n_texts: int, seconds: float = 5.0) -> Pa
         sf.write(root / "audio" / f"{sid}.wav", _clip(rng, ("m", "is", "sp", "fx", "ss")[i % 5],
                                                       seconds, 44_100), 44_100)
     codes = np.array(["fx-o"] * n, dtype=object)
-    titles, tags, descs = _texts(rng, codes)
+    titles, tags, descs = sound_texts(rng, codes)
     (root / "metadata").mkdir()
     pd.DataFrame({"sound_id": ids, "title": titles, "tags": tags, "description": descs}).to_csv(
         root / "metadata" / "bench_metadata.csv", index=False)

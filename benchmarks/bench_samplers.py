@@ -12,7 +12,7 @@ on a small synthetic set with a cheap budget (``--n`` sounds, ``--epochs`` epoch
 on 2 shared cores, Ray's scheduling would add nothing to a comparison of *which points*
 the samplers propose, and its start-up and per-trial overhead would double the run time.
 The proposals come from the same functions the sweep uses
-(:func:`bst_search.sampling.make_sampler` at concurrency 1, so TPE's and GP's first 10
+(:func:`bst_search.search.samplers.make_sampler` at concurrency 1, so TPE's and GP's first 10
 trials are random, and :meth:`SearchSpace.sample` as define-by-run).
 
 A sampler seeded with s draws its random start-up trials from ``RandomSampler(seed=s)``,
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bst_search.sampling import make_sampler
-from bst_search.search_space import load_space, space_from_dict
+from bst_search.search.samplers import make_sampler
+from bst_search.search.space import load_space, space_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = (8, 16, 24)

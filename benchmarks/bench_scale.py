@@ -11,7 +11,7 @@ Prints, for the SQLite stores and (with ``--postgres URL``) PostgreSQL ones:
 * driver CPU seconds per trial (the driver process, all its threads), overall and between
   checkpoints (100 / 500 / 1,000 trials by default), so a cost that grows with the number of
   runs shows as a rising figure; beside it, the CPU of the sweep's MLflow writer process
-  (``sweep_logger.Writers``), which does the MLflow writes outside the driver;
+  (``mlflow_logger.Writers``), which does the MLflow writes outside the driver;
 * trials per minute (wall);
 * the Tune experiment-state save time (mean / max of ``TuneController.checkpoint``);
 * the driver's resident memory at each checkpoint;
@@ -44,7 +44,8 @@ from typing import Any
 import yaml
 
 from bst_search import tracking
-from bst_search.search import build_parser, run_search
+from bst_search.search import build_parser
+from bst_search.search.driver import run_search
 from bst_search.synth import make_synthetic
 
 SPACE = {"description": "benchmark: the driver alone", "scheduler": "none", "base": "late_fusion",
@@ -65,7 +66,7 @@ def light_trial(params: dict, *, dev: Any, eval_data: Any, crowd: Any, space: An
 
     from bst_search import config
     from bst_search.metrics import evaluate
-    from bst_search.search import final_result, fold_result, quiet_worker_logs
+    from bst_search.search.trainable import final_result, fold_result, quiet_worker_logs
     from bst_search.taxonomy import PROBA_COLUMNS
 
     quiet_worker_logs()
@@ -127,10 +128,10 @@ class Probe:
         TuneController.checkpoint = timed
 
     def run(self) -> None:
-        from bst_search import sweep_logger
+        from bst_search.search import mlflow_logger
 
         while not self.stop.wait(0.25):
-            live = list(sweep_logger._LIVE.values())
+            live = list(mlflow_logger._LIVE.values())
             done = sum(len(lg._done) for lg in live)
             for lg in live:  # the MLflow writer process: its CPU, read while it lives
                 pid = getattr(getattr(lg.writers, "process", None), "pid", None)
@@ -229,7 +230,7 @@ def one(kind: str, data: dict, root: Path, a: argparse.Namespace, optuna_url: st
     th.join()
     ray.shutdown()
     server_cpu = tree_cpu(server.pid) - server_cpu0 if server is not None else None
-    cl = tracking.client(mlflow_url or summary["tracking_uri"])
+    cl = tracking.client(mlflow_url or summary.tracking_uri)
     exp = cl.get_experiment_by_name(f"scale-{kind}").experiment_id
     runs = tracking.find_runs(cl, exp, status="FINISHED")
     ids = [r.data.tags[tracking.TRIAL_ID] for r in runs]

@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from bst_search import tracking
-from bst_search.search import build_parser, run_search
+from bst_search.search import build_parser
+from bst_search.search.driver import run_search
 from bst_search.synth import make_synthetic
 
 SPACE = {
@@ -52,7 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = run_search(args)
         total = time.perf_counter() - t0
-        cl = tracking.client(summary["tracking_uri"])
+        cl = tracking.client(summary.tracking_uri)
         exp = cl.get_experiment_by_name("bench").experiment_id
         runs = tracking.find_runs(cl, exp, status="FINISHED")
         trial_sum = sum(r.data.metrics["wall_seconds"] for r in runs)

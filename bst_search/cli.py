@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from bst_search.config import ConfigError
     from bst_search.data import DataError
-    from bst_search.search_space import SpaceError
+    from bst_search.search.space import SpaceError
 
     args = build_parser().parse_args(argv)
     try:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bst_search import tracking
-from bst_search.report import (
-    ReportError,
+from bst_search.tracking.stores import (
+    StoreError,
     add_store_arguments,
     check_store,
     existing_optuna_storage,
@@ -108,7 +108,7 @@ class Stopped(Exception):
 
 
 def start(args: argparse.Namespace, stopping: Callable[[], bool] = lambda: False) -> list[Service]:
-    """Start the viewers (or link a tracking server); ReportError on bad input, Stopped when
+    """Start the viewers (or link a tracking server); StoreError on bad input, Stopped when
     ``stopping()`` turns true before they answer."""
     workdir = Path(args.workdir).resolve()
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
@@ -116,13 +116,13 @@ def start(args: argparse.Namespace, stopping: Callable[[], bool] = lambda: False
     check_store(uri)
     exp_id = _experiment_id(uri, args.experiment)
     if exp_id is None:
-        raise ReportError(f"experiment {args.experiment!r} does not exist in {uri} (yet: a sweep "
+        raise StoreError(f"experiment {args.experiment!r} does not exist in {uri} (yet: a sweep "
                           f"creates it when its first trial starts)")
     storage = existing_optuna_storage(args.optuna_storage, workdir)
     host, logs = args.host, workdir / "dashboard-logs"
     for port, flag in ((args.mlflow_port, "--mlflow-port"), (args.optuna_port, "--optuna-port")):
         if not _port_free(host, port):
-            raise ReportError(f"port {port} on {host} is in use; pass another {flag}")
+            raise StoreError(f"port {port} on {host} is in use; pass another {flag}")
     services: list[Service] = []
     if uri.startswith(("http://", "https://")):
         services.append(Service("MLflow (tracking server)", tracking.runs_url(uri, exp_id)))
@@ -149,12 +149,12 @@ def start(args: argparse.Namespace, stopping: Callable[[], bool] = lambda: False
         for s in services:
             while s.proc is not None and not _up(s.probe):
                 if s.proc.poll() is not None:
-                    raise ReportError(f"{s.name} exited with code {s.proc.returncode}; see "
+                    raise StoreError(f"{s.name} exited with code {s.proc.returncode}; see "
                                       f"{logs}/{'mlflow' if 'MLflow' in s.name else 'optuna-dashboard'}.log")
                 if stopping():
                     raise Stopped
                 if time.time() > deadline:
-                    raise ReportError(f"{s.name} did not answer within {START_TIMEOUT_S:.0f} s")
+                    raise StoreError(f"{s.name} did not answer within {START_TIMEOUT_S:.0f} s")
                 time.sleep(0.3)
     except BaseException:
         _stop(services)
@@ -175,7 +175,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         try:
             services = start(args, lambda: bool(stop["signal"]))
-        except ReportError as exc:
+        except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except Stopped:

@@ -22,7 +22,8 @@ DEMO_HOLDOUT = 0.2  # development rows no trial and no selection sees: the end-t
 def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     from bst_search.ensemble import main as ensemble_main
     from bst_search.ensemble.submission import score_submission
-    from bst_search.search import build_parser, print_summary, run_search
+    from bst_search.search import build_parser, print_summary
+    from bst_search.search.driver import run_search
     from bst_search.synth import make_synthetic
 
     workdir = workdir.resolve()
@@ -72,7 +73,7 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
     print(f"  {'evaluation set, official hF':{w}s} {score['hF']:.4f}   (strict {score['hF_strict']:.4f})")
     print(f"  evaluation - honest = {score['hF'] - hon['mean']:+.4f}; evaluation - holdout (5 "
           f"models, official) = {score['hF'] - avg['hF']:+.4f}")
-    print(f"\nsubmission: {out / 'submission.csv'}\nMLflow UI:  {summary['ui']}")
+    print(f"\nsubmission: {out / 'submission.csv'}\nMLflow UI:  {summary.ui}")
 
     from bst_search.report import load_sweep, log_to_ensemble_run, write_report
 

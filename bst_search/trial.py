@@ -26,8 +26,8 @@ import pandas as pd
 from bst_search import config as config_mod
 from bst_search import metrics
 from bst_search.data import DataError, Dataset, is_text_backbone
+from bst_search.data.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
 from bst_search.folds import assign_folds, fold_fingerprint, holdout_mask, train_val_split
-from bst_search.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
 FoldCallback = Callable[[dict[str, Any]], None]

@@ -44,9 +44,9 @@ def test_search_module_does_not_import_the_cli() -> None:
     import inspect
 
     import bst_search.cli
-    import bst_search.search
+    import bst_search.search.cli
 
-    tree = ast.parse(inspect.getsource(bst_search.search))
+    tree = ast.parse(inspect.getsource(bst_search.search.cli))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "bst_search.cli" not in imported
-    assert bst_search.cli.add_search_arguments is bst_search.search.add_search_arguments
+    assert bst_search.cli.add_search_arguments is bst_search.search.cli.add_search_arguments

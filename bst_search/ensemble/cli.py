@@ -1,7 +1,7 @@
 """``python -m bst_search.ensemble`` / ``bst-search ensemble``: arguments and entry points.
 
 The coordinator's steps are in :mod:`bst_search.ensemble.run`, what it writes and prints in
-:mod:`bst_search.ensemble.report`; this module only parses and maps errors to exit codes.
+:mod:`bst_search.ensemble.summary`; this module only parses and maps errors to exit codes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from bst_search.ensemble.candidates import CandidateError
-from bst_search.ensemble.report import METHODS
 from bst_search.ensemble.submission import DEFAULT_MAX_SHIFT
+from bst_search.ensemble.summary import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

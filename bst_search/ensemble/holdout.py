@@ -18,7 +18,7 @@ from bst_search.taxonomy import N_CLASSES
 
 if TYPE_CHECKING:
     from bst_search.ensemble.candidates import CandidateSet
-    from bst_search.ensemble.run import Outcome
+    from bst_search.ensemble.outcome import Outcome
 
 
 def _member_blocks(cs: CandidateSet, members: np.ndarray) -> np.ndarray:

@@ -13,21 +13,20 @@ import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bst_search import tracking
-from bst_search.ensemble import report as report_mod
+from bst_search.ensemble import summary
 from bst_search.ensemble.candidates import CandidateSet, load_candidates, read_eval_ids
 from bst_search.ensemble.holdout import SKInput, score_holdout
-from bst_search.ensemble.honest import HonestResult, honest_estimate
+from bst_search.ensemble.honest import honest_estimate
+from bst_search.ensemble.outcome import Outcome
 from bst_search.ensemble.outputs import clear_outputs, log_run, write_parquets
 from bst_search.ensemble.selection import (
     SelectionOptions,
-    SelectionResult,
     candidate_stats,
     combine,
     score_pred,
@@ -49,46 +48,7 @@ from bst_search.metrics import evaluate
 from bst_search.taxonomy import CODES
 
 if TYPE_CHECKING:  # torch is imported only when the coordinator runs
-    from bst_search.ensemble.sk_fusion import SKOptions, SKResult
-
-
-@dataclass
-class Outcome:
-    """Everything the coordinator computed; what ensemble.json and the summary are made of."""
-
-    cs: CandidateSet
-    opts: SelectionOptions
-    sk_opts: SKOptions
-    method: str
-    sel: SelectionResult
-    hon: HonestResult | None
-    sk: SKResult | None
-    single_strict: np.ndarray
-    single_official: np.ndarray
-    greedy_ens: dict[str, float]
-    sk_ens: dict[str, float] | None
-    proba: np.ndarray  # the submitted method's OOF probabilities
-    ens: dict[str, float]  # ... and their scores
-    members: np.ndarray  # the submitted method's members, heaviest first
-    counts: np.ndarray
-    weights: np.ndarray
-    best_per_fold: list[float]  # best single trial, strict hF per OOF fold
-    selected_per_fold: list[float]  # greedy ensemble on the rows it was chosen on, strict, per fold
-    sk_notes: list[str] = field(default_factory=list)
-    holdout: dict[str, Any] | None = None  # score_holdout's result
-
-    @property
-    def singles(self) -> np.ndarray:
-        return self.single_strict if self.opts.metric == "strict" else self.single_official
-
-    @property
-    def best(self) -> int:
-        return int(np.argmax(self.singles))
-
-    @property
-    def selected(self) -> float:
-        g = self.greedy_ens
-        return float(g["hF_strict"] if self.opts.metric == "strict" else g["hF"])
+    from bst_search.ensemble.sk_fusion import SKOptions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,17 +70,17 @@ def run(args: argparse.Namespace) -> int:
 
     clear_outputs(out)  # never leave a stale submission beside a new ensemble
     eval_proba, eval_report, status = _submission(res, E, out, args.max_shift)
-    report = report_mod.build_report(res, args.experiment, eval_report)
+    report = summary.build_report(res, args.experiment, eval_report)
     (out / "ensemble.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     write_parquets(out, cs, res.proba, eval_proba)
     _plots(out, res)
 
     run_id = None
     if not args.no_log:
-        metrics = report_mod.mlflow_metrics(res, report)
+        metrics = summary.mlflow_metrics(res, report)
         run_id = log_run(tracking_uri, args.experiment, out, report, status=status,
                          sk_options=sk_opts.to_dict(), metrics=metrics)
-    report_mod.print_summary(res, report, experiment=args.experiment,
+    summary.print_summary(res, report, experiment=args.experiment,
                              tracking_uri=tracking_uri, out=out, run_id=run_id)
     return 1 if status == "refused" else 0
 
@@ -135,8 +95,8 @@ def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str
     if not args.max_shift > 0:
         raise ValueError(f"--max-shift must be > 0, got {args.max_shift}")
     method = getattr(args, "method", "greedy")
-    if method not in report_mod.METHODS:
-        raise ValueError(f"--method must be one of {report_mod.METHODS}, got {method!r}")
+    if method not in summary.METHODS:
+        raise ValueError(f"--method must be one of {summary.METHODS}, got {method!r}")
     # torch is imported only here: the greedy path and `import bst_search.ensemble` need none
     from bst_search.ensemble.sk_fusion import SKOptions, pick_device
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bst_search.models import register_model
+from bst_search.models.base import register_model
 from bst_search.models.encoders import EmbeddingEncoder, ResidualBlock
 from bst_search.models.fusions import AttentionFusion
 
