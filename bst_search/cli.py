@@ -1,8 +1,7 @@
-"""``bst-search`` command line: synth, data, trial, search, ensemble, score, extract, report,
-dashboard, demo.
+"""``bst-search``: the command line, one subcommand per step of a run (see :data:`DESCRIPTION`).
 
-Heavy imports (torch, ray, mlflow) happen inside the subcommands so that ``--help`` and
-data-only commands start quickly.
+Each subcommand imports torch, Ray or MLflow only when it runs, so ``--help`` and the data
+commands start at once.
 """
 
 from __future__ import annotations
@@ -110,72 +109,105 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), trials=args.trials)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bst-search", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """Experiment search for DCASE 2026 Task 1 (Broad Sound Taxonomy): Ray Tune runs
+Optuna-suggested trials, each a 5-fold cross-validated classifier on frozen embeddings that
+logs its out-of-fold predictions to MLflow; an ensemble of the logged trials, with an honest
+estimate of its score, becomes the challenge submission.
 
-    s = sub.add_parser("synth", help="write a synthetic dataset in the official layout")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=11000)
-    s.add_argument("--crowd-n", type=int, default=0)
-    s.add_argument("--eval-n", type=int, default=3246)
+A run, in order:
+  1. extract   audio and metadata text -> embeddings (CLAP, PANNs, MiniLM), once per dataset
+               (no data yet? `synth` writes a synthetic dataset in the official layout)
+  2. data      check a dataset and cache its embeddings
+  3. trial     one configuration, cross-validated (to try a preset or an idea)
+  4. search    a sweep over a search space; Ctrl-C or --time-budget stops it resumably
+  5. ensemble  greedy selection over the sweep's trials -> submission.csv
+  6. report    one self-contained HTML page of the sweep; `dashboard` serves the live views
+`demo` does 1 to 6 on synthetic data in a few minutes; `score` checks a submission against
+labels."""
+
+
+def _formatter() -> type[argparse.HelpFormatter]:
+    try:
+        from rich_argparse import RawDescriptionRichHelpFormatter
+    except ImportError:  # the plain one is as complete
+        return argparse.RawDescriptionHelpFormatter
+
+    class Formatter(RawDescriptionRichHelpFormatter):
+        group_name_formatter = str  # "usage:", "options:" as argparse writes them
+
+    return Formatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _formatter()
+    p = argparse.ArgumentParser(prog="bst-search", description=DESCRIPTION, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=fmt)
+
+    from bst_search.extract.cli import add_arguments as add_extract_arguments
+
+    s = command("extract", "audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
+    add_extract_arguments(s)
+    s.set_defaults(func=_cmd_extract)
+
+    s = command("synth", "write a synthetic dataset in the official layout")
+    s.add_argument("--out", required=True, help="folder to write dev/, eval/, crowd/ into")
+    s.add_argument("--n", type=int, default=11000, help="development sounds (default 11000)")
+    s.add_argument("--crowd-n", type=int, default=0, help="crowd sounds (default 0: none)")
+    s.add_argument("--eval-n", type=int, default=3246, help="evaluation sounds (default 3246)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     s.add_argument("--audio-n", type=int, default=0,
                    help="also write audio_demo/: generated clips to try bst-search extract on")
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("data", help="load, validate and cache a dataset; print a summary")
-    s.add_argument("--data", required=True)
-    s.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
+    s = command("data", "load, validate and cache a dataset; print a summary")
+    s.add_argument("--data", required=True, help="dataset root (official layout)")
+    s.add_argument("--missing", choices=("error", "drop", "zero"), default="error",
+                   help="a sound without an embedding file: error (default), drop it, or zeros")
     s.set_defaults(func=_cmd_data)
 
-    s = sub.add_parser("trial", help="run one cross-validated trial")
+    s = command("trial", "run one cross-validated trial")
     s.add_argument("--data", required=True, help="development dataset root")
     s.add_argument("--config", default="baseline_hatr", help="YAML file or preset name")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key (repeatable)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--eval-data")
-    s.add_argument("--crowd-data")
+    s.add_argument("--out", required=True, help="folder for the trial's outputs")
+    s.add_argument("--eval-data", help="evaluation dataset root: the trial also predicts it")
+    s.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     s.set_defaults(func=_cmd_trial)
 
-    s = sub.add_parser("search", help="run a Ray Tune + Optuna sweep")
-    add_search_arguments(s)  # the parser lives with its command (bst_search.search)
+    s = command("search", "run (or resume) a Ray Tune + Optuna sweep")
+    add_search_arguments(s)  # the parser lives with its command (bst_search.search.cli)
     s.set_defaults(func=_cmd_search)
 
     from bst_search.ensemble.cli import add_arguments
     from bst_search.ensemble.submission import add_score_arguments
 
-    s = sub.add_parser("ensemble", help="greedy ensemble selection over an experiment's trials")
+    s = command("ensemble", "ensemble selection over an experiment's trials -> submission")
     add_arguments(s)
     s.set_defaults(func=_cmd_ensemble)
 
-    s = sub.add_parser("score", help="score a submission CSV against a label file (official metric)")
-    add_score_arguments(s)
-    s.set_defaults(func=_cmd_score)
-
-    from bst_search.extract.cli import add_arguments as add_extract_arguments
-
-    s = sub.add_parser("extract", help="audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
-    add_extract_arguments(s)
-    s.set_defaults(func=_cmd_extract)
-
-
     from bst_search import dashboard, report
 
-    s = sub.add_parser("report", help="self-contained HTML report of a sweep (MLflow + Optuna)")
+    s = command("report", "self-contained HTML report of a sweep (MLflow + Optuna)")
     report.add_arguments(s)
     s.set_defaults(func=_cmd_report)
 
-    s = sub.add_parser("dashboard", help="MLflow UI + optuna-dashboard on a (running) sweep")
+    s = command("dashboard", "MLflow UI + optuna-dashboard on a (running) sweep")
     dashboard.add_arguments(s)
     s.set_defaults(func=_cmd_dashboard)
 
-    s = sub.add_parser("demo", help="synthetic data -> small sweep -> ensemble -> report")
+    s = command("score", "score a submission CSV against a label file (official metric)")
+    add_score_arguments(s)
+    s.set_defaults(func=_cmd_score)
+
+    s = command("demo", "synthetic data -> small sweep -> ensemble -> report")
     s.add_argument("--workdir", default="bst-runs/demo")
     s.add_argument("--trials", type=int, default=8)
     s.set_defaults(func=_cmd_demo)

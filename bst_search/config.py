@@ -321,7 +321,7 @@ def check_consistency(flat: dict[str, Any]) -> None:
                           f"(model.head: {', '.join(TOP_HEADS)}); the head is {head}")
     if head in ("gc", "lcl") and flat["loss.top"] <= 0:
         raise ConfigError(f"model.head={head} trains its top-level classifier through loss.top; "
-                          f"set loss.top > 0 (seed 002 uses 1.0)")
+                          f"set loss.top > 0 (the multi-branch system uses 1.0)")
     for k in ("loss.proxy", "loss.proxy_anchor"):
         if flat[k] > 0 and head != "proxy":
             raise ConfigError(f"{k}={flat[k]} needs model.head=proxy (the head is {head})")

@@ -1,4 +1,4 @@
-"""KNN label priors from a bank of training rows (seed 002).
+"""KNN label priors from a bank of training rows (the multi-branch system).
 
 Two uses share this one piece: post-processing blends p = (1-a) p_model + a p_knn on the
 held-out and evaluation rows (``post.knn_*``), and KNN distillation trains the student
@@ -6,7 +6,7 @@ towards the bank's leave-one-out prior of each training row (``loss.knn_distill`
 
 The retrieval space is the trial's frozen input embeddings, each backbone L2-normalised
 and the concatenation scaled to unit norm, so a dot product is the mean cosine over
-backbones. (Seed 002 also appends its trained model's features; the input space lets the
+backbones. (The multi-branch system also appends its trained model's features; the input space lets the
 same bank serve distillation, which is built before the student exists.)
 
 The bank is only ever built from a fold's training rows: held-out rows are queries, never

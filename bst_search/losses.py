@@ -75,7 +75,7 @@ def _coarse_logsumexp(logits: torch.Tensor, children: torch.Tensor) -> torch.Ten
 
 
 def _coarse_sum(logits: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
-    """Plain sum of the children's logits (seed 000); favours top levels with many children."""
+    """Plain sum of the children's logits (the late-fusion system); favours top levels with many children."""
     return logits @ children.to(logits.dtype).T
 
 
@@ -178,10 +178,10 @@ class FineCE(LossTerm):
 
 @_term("alpha")
 class CoarseCE(LossTerm):
-    """CE over the 5 top levels of top logits made from the fine logits (seed 000).
+    """CE over the 5 top levels of top logits made from the fine logits (the late-fusion system).
 
     ``logsumexp`` makes softmax over top levels equal to the summed child probabilities;
-    ``sum`` is seed 000's plain sum. Unweighted by class: the top levels are far less
+    ``sum`` is the late-fusion system's plain sum. Unweighted by class: the top levels are far less
     imbalanced than the 23 classes.
     """
 
@@ -231,7 +231,7 @@ class TopCE(LossTerm):
 
 @_term("focal")
 class FocalLoss(LossTerm):
-    """Focal loss -(1 - p_t)^gamma log p_t on the fine logits (Lin et al. 2017; seed 003):
+    """Focal loss -(1 - p_t)^gamma log p_t on the fine logits (Lin et al. 2017; MESH):
     down-weights the easy rows. Class and sample weights are normalised as in ``ce``."""
 
     def __init__(self, gamma: float = 2.0, class_weights: np.ndarray | None = None) -> None:
@@ -267,13 +267,13 @@ def _proxy_inputs(out: dict[str, torch.Tensor], term: str,
 
 @_term("proxy")
 class HierarchicalProxy(LossTerm):
-    """Seed 003's hierarchical proxy loss (HProxy), the sum of five equally weighted parts.
+    """MESH's hierarchical proxy loss (HProxy), the sum of five equally weighted parts.
 
     With e, P_fine, P_top L2-normalised, tau = model.proxy_tau, m = loss.proxy_margin:
     ``second`` CE(cos(e, P_fine)/tau, y); ``top`` CE(cos(e, P_top)/tau, parent(y));
     ``align`` mean_c 1 - cos(P_fine[c], P_top[parent(c)]); ``sibling`` mean over sibling
     pairs (same parent, c != c') of relu(cos(P_fine[c], P_fine[c']) - m); ``top_sep`` mean
-    over pairs of top proxies of relu(cos - m). Seed 003 gives the parts coefficients but no
+    over pairs of top proxies of relu(cos - m). MESH gives the parts coefficients but no
     values, so they are all 1; the loss's own weight is loss.proxy.
     """
 
@@ -315,7 +315,7 @@ class HierarchicalProxy(LossTerm):
 
 @_term("proxy_anchor")
 class ProxyAnchor(LossTerm):
-    """Proxy Anchor loss (Kim et al., CVPR 2020; seed 003) on the fine proxies.
+    """Proxy Anchor loss (Kim et al., CVPR 2020; MESH) on the fine proxies.
 
     With s(x, p) the cosine of embedding and proxy, delta = loss.pa_margin, a = loss.pa_alpha:
     mean over proxies with a positive in the batch of log(1 + sum_{x pos} exp(-a (s - delta)))
@@ -363,7 +363,7 @@ class ProxyAnchor(LossTerm):
 
 @_term("supcon")
 class SupConTop(LossTerm):
-    """Supervised contrastive loss (Khosla et al. 2020) on TOP-level labels (seed 004, eq. 6).
+    """Supervised contrastive loss (Khosla et al. 2020) on TOP-level labels (the hierarchical multimodal system, eq. 6).
 
     On the L2-normalised ``embedding``, temperature tau = loss.supcon_tau: anchors without a
     positive in the batch are skipped (0 if none has one); the anchors' losses are averaged
@@ -400,7 +400,7 @@ class SupConTop(LossTerm):
 
 @_term("top_penalty")
 class TopPenalty(LossTerm):
-    """Seed 004's top-class penalty, made differentiable: the expected top-level error
+    """The hierarchical multimodal system's top-class penalty, made differentiable: the expected top-level error
     1 - P(true top), P(top T) = sum of softmax(logits) over T's children."""
 
     def __init__(self) -> None:
@@ -415,7 +415,7 @@ class TopPenalty(LossTerm):
 
 @_term("knn_distill")
 class KnnDistill(LossTerm):
-    """KNN distillation (seed 002, eq. 7): KL(t.soft || softmax(logits)) per sample; the
+    """KNN distillation (the multi-branch system, eq. 7): KL(t.soft || softmax(logits)) per sample; the
     trainer builds ``t.soft`` (see :attr:`TrainingLoss.needs_soft_targets`)."""
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:

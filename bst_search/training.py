@@ -250,7 +250,7 @@ def _predict_logits(model: nn.Module, X: list[torch.Tensor], batch_size: int) ->
 
 
 class CheckpointAverage(nn.Module):
-    """The mean of the inference logits of several snapshots of one model (seed 000 averages
+    """The mean of the inference logits of several snapshots of one model (the late-fusion system averages
     its 7 best validation checkpoints). Predicts like any model; it is not trained."""
 
     def __init__(self, members: list[nn.Module]) -> None:
@@ -269,6 +269,103 @@ def _mixup(xb: list[torch.Tensor], alpha: float, gen: torch.Generator,
     lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(xb[0].shape[0], generator=gen, device=xb[0].device)
     return [lam * x + (1.0 - lam) * x[perm] for x in xb], perm, lam
+
+
+@dataclass
+class _TrainingRows:
+    """The training split on the device, and the loss targets of a batch of its rows."""
+
+    X: list[torch.Tensor]
+    y: torch.Tensor
+    weight: torch.Tensor | None
+    soft: torch.Tensor | None  # KNN distillation: leave-one-out priors of the training rows
+
+    def targets(self, idx: torch.Tensor) -> Targets:
+        return Targets(y=self.y[idx], weight=None if self.weight is None else self.weight[idx],
+                       soft=None if self.soft is None else self.soft[idx])
+
+
+def _batches_per_epoch(n: int, bs: int, drop_last: bool) -> int:
+    if drop_last:
+        return max(1, n // bs)
+    # a trailing batch of one row would break BatchNorm in train mode: drop it
+    return max(1, math.ceil(n / bs) - (n % bs == 1 and n > bs))
+
+
+def _train_epoch(model: nn.Module, rows: _TrainingRows, loss_fn: nn.Module,
+                 opt: torch.optim.Optimizer, sched: LRSchedule, clock: ModelClock, tc: dict,
+                 epoch: int, step: int, n_batches: int, gen: torch.Generator,
+                 rng: np.random.Generator) -> tuple[float, int, float]:
+    """One pass over the shuffled training rows; returns (loss sum, next step, last lr)."""
+    model.train()
+    n, bs = len(rows.y), tc["batch_size"]
+    perm = torch.randperm(n, generator=gen, device=rows.y.device)
+    loss_sum = torch.zeros((), device=rows.y.device)
+    lr = 0.0
+    for b in range(n_batches):
+        idx = perm[b * bs:(b + 1) * bs]
+        xb = [augment(x[idx], tc, gen) for x in rows.X]
+        if tc["mixup_alpha"] > 0:
+            xb, partner, lam = _mixup(xb, tc["mixup_alpha"], gen, rng)
+        lr = sched.lr(epoch, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+        clock.start()
+        out = model(xb)
+        if tc["mixup_alpha"] > 0:
+            loss = (lam * loss_fn(out, rows.targets(idx))
+                    + (1 - lam) * loss_fn(out, rows.targets(idx[partner])))
+        else:
+            loss = loss_fn(out, rows.targets(idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+        opt.step()
+        clock.stop()
+
+        loss_sum += loss.detach() * len(idx)
+        step += 1
+    return loss_sum.item(), step, lr
+
+
+def _validate(model: nn.Module, X_val: list[torch.Tensor], y_val: np.ndarray,
+              device: torch.device) -> tuple[float, float]:
+    """Strict hF on the whole validation split, a few large batches, one transfer back;
+    returns (hF, seconds)."""
+    if device.type == "cuda":  # let queued training kernels finish outside the val clock
+        torch.cuda.synchronize(device)
+    t_val = time.perf_counter()
+    model.eval()
+    val_pred = _predict_logits(model, X_val, 8192).argmax(dim=1).cpu().numpy()
+    return hf_score(y_val, val_pred, variant="strict"), time.perf_counter() - t_val
+
+
+Snapshot = tuple[float, int, dict]  # (val hF, 1-based epoch, weights on the CPU)
+
+
+def _keep_top(best: list[Snapshot], val_hf: float, epoch: int, model: nn.Module,
+              top_k: int) -> list[Snapshot]:
+    """The ``top_k`` best snapshots so far, best first."""
+    if len(best) < top_k or val_hf > best[-1][0]:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        best = sorted([*best, (val_hf, epoch, state)], key=lambda b: -b[0])[:top_k]
+    return best
+
+
+def _best_model(model: nn.Module, best: list[Snapshot], build: Callable[[], nn.Module]) -> nn.Module:
+    """The best snapshot's weights, or the average of the kept snapshots (post.ckpt_avg)."""
+    model.load_state_dict(best[0][2])
+    model.eval()
+    if len(best) == 1:
+        return model
+    members = [model]
+    for _, _, state in best[1:]:
+        m = build()
+        m.load_state_dict(state)
+        members.append(m.eval())
+    return CheckpointAverage(members).eval()
 
 
 def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[np.ndarray],
@@ -298,91 +395,45 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
         raise ValueError(f"sample_weight has {len(sample_weight)} rows, X_train {len(y_train)}")
 
     # data: on the device once
-    Xtr, Xva = _to_device(X_train, device), _to_device(X_val, device)
-    ytr = torch.as_tensor(y_train).to(device)
-    wtr = None if sample_weight is None else torch.as_tensor(
-        np.asarray(sample_weight, dtype=np.float32)).to(device)
+    rows = _TrainingRows(_to_device(X_train, device), torch.as_tensor(y_train).to(device),
+                         None if sample_weight is None else torch.as_tensor(
+                             np.asarray(sample_weight, dtype=np.float32)).to(device), None)
+    Xva = _to_device(X_val, device)
     n, bs = len(y_train), tc["batch_size"]
-    if tc["drop_last"]:
-        n_batches = max(1, n // bs)
-    else:  # a trailing batch of one row would break BatchNorm in train mode: drop it
-        n_batches = max(1, math.ceil(n / bs) - (n % bs == 1 and n > bs))
+    n_batches = _batches_per_epoch(n, bs, tc["drop_last"])
 
     # model, loss, optimizer
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)  # mixup's Beta draws
-    model = build_model(cfg, [x.shape[1] for x in X_train], modalities).to(device)
+    dims = [x.shape[1] for x in X_train]
+    model = build_model(cfg, dims, modalities).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
     loss_fn = build_loss(cfg, np.bincount(y_train, minlength=N_CLASSES)).to(device)
-    soft = None
-    if loss_fn.needs_soft_targets:  # KNN distillation: leave-one-out priors of the training rows
+    if loss_fn.needs_soft_targets:
         lc = cfg["loss"]
-        soft = torch.as_tensor(KnnPrior(retrieval_space(X_train), y_train, k=lc["knn_k"],
-                                        tau=lc["knn_tau"], device=device).predict()).to(device)
+        rows.soft = torch.as_tensor(KnnPrior(retrieval_space(X_train), y_train, k=lc["knn_k"],
+                                             tau=lc["knn_tau"], device=device).predict()).to(device)
     opt = make_optimizer(tc, model)
     sched = LRSchedule(tc, n_batches)
     clock = ModelClock(device)
 
-    def targets(idx: torch.Tensor) -> Targets:
-        return Targets(y=ytr[idx], weight=None if wtr is None else wtr[idx],
-                       soft=None if soft is None else soft[idx])
-
     history: list[dict] = []
-    best: list[tuple[float, int, dict]] = []  # the top_k (val hF, epoch, weights), best first
+    best: list[Snapshot] = []  # the top_k snapshots, best first
     since_best = 0
     step = 0
     for epoch in range(max_epochs):
         t_epoch = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        for b in range(n_batches):
-            idx = perm[b * bs:(b + 1) * bs]
-            xb = [augment(x[idx], tc, gen) for x in Xtr]
-            if tc["mixup_alpha"] > 0:
-                xb, partner, lam = _mixup(xb, tc["mixup_alpha"], gen, rng)
-            lr = sched.lr(epoch, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-
-            clock.start()
-            out = model(xb)
-            if tc["mixup_alpha"] > 0:
-                loss = lam * loss_fn(out, targets(idx)) + (1 - lam) * loss_fn(out, targets(idx[partner]))
-            else:
-                loss = loss_fn(out, targets(idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc["grad_clip"] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-            opt.step()
-            clock.stop()
-
-            loss_sum += loss.detach() * len(idx)
-            step += 1
-
-        # validation on the whole split, a few large batches, one transfer back
-        if device.type == "cuda":  # let queued training kernels finish outside the val clock
-            torch.cuda.synchronize(device)
-        t_val = time.perf_counter()
-        model.eval()
-        val_pred = _predict_logits(model, Xva, 8192).argmax(dim=1).cpu().numpy()
-        val_hf = hf_score(y_val, val_pred, variant="strict")
-        val_secs = time.perf_counter() - t_val
+        loss_sum, step, lr = _train_epoch(model, rows, loss_fn, opt, sched, clock, tc, epoch,
+                                          step, n_batches, gen, rng)
+        val_hf, val_secs = _validate(model, Xva, y_val, device)
         sched.end_epoch(epoch, val_hf)
-
-        if not best or val_hf > best[0][0]:
-            since_best = 0
-        else:
-            since_best += 1
-        if len(best) < top_k or val_hf > best[-1][0]:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best = sorted([*best, (val_hf, epoch + 1, state)], key=lambda b: -b[0])[:top_k]
+        since_best = 0 if not best or val_hf > best[0][0] else since_best + 1
+        best = _keep_top(best, val_hf, epoch + 1, model, top_k)
 
         model_secs = clock.collect()  # syncs on CUDA, so the epoch clock below is honest
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / min(n, n_batches * bs),
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / min(n, n_batches * bs),
                "val_hF": val_hf, "lr": lr, "seconds": time.perf_counter() - t_epoch,
                "model_seconds": model_secs, "val_seconds": val_secs}
         history.append(row)
@@ -391,15 +442,7 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
         if since_best >= tc["patience"]:
             break
 
-    model.load_state_dict(best[0][2])
-    model.eval()
-    if len(best) > 1:
-        members = [model]
-        for _, _, state in best[1:]:
-            m = build_model(cfg, [x.shape[1] for x in X_train], modalities).to(device)
-            m.load_state_dict(state)
-            members.append(m.eval())
-        model = CheckpointAverage(members).eval()
+    model = _best_model(model, best, lambda: build_model(cfg, dims, modalities).to(device))
     return FitResult(model=model, best_epoch=best[0][1], best_val_hF=float(best[0][0]),
                      epochs=len(history), history=history, seconds=time.perf_counter() - t_fit,
                      model_seconds=sum(r["model_seconds"] for r in history))

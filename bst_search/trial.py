@@ -89,7 +89,7 @@ def _fold_seed(seed: int, k: int) -> int:
 def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None = None, crowd: Dataset | None = None,
              holdout: Dataset | None = None,
-             device: Any = None, on_epoch: Callable[[dict], None] | None = None,
+             device: str | None = None, on_epoch: Callable[[dict], None] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train fold k and predict its held-out rows (and the evaluation set).
 
@@ -222,9 +222,71 @@ def running_objectives(y: np.ndarray, results: list[dict[str, Any]]) -> dict[str
     return out
 
 
+def _split_holdout(dev: Dataset, crowd: Dataset | None, fraction: float
+                   ) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """(development rows the folds use, the holdout rows, the crowd set without them)."""
+    if fraction <= 0:
+        return dev, None, crowd
+    hold = holdout_mask(dev.y, fraction)
+    holdout, dev = _rows(dev, hold), _rows(dev, ~hold)
+    if crowd is not None:  # a holdout sound must not come back through the crowd set
+        crowd = _rows(crowd, ~np.isin(crowd.ids, holdout.ids))
+    return dev, holdout, crowd
+
+
+def _start_over_if_changed(out: Path, state: dict[str, Any]) -> None:
+    """Finished folds are kept only for the same configuration and data (``state.json``)."""
+    state_path = out / "state.json"
+    if state_path.exists() and json.loads(state_path.read_text()) != state:
+        for stale in (out / "folds").glob("fold_*.npz"):  # another config or data: start over
+            stale.unlink()
+    _atomic_write(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
+
+
+def _trial_metrics(dev: Dataset, proba: np.ndarray, results: list[dict[str, Any]],
+                   state: dict[str, Any], n_holdout: int, wall: float) -> dict[str, Any]:
+    """``metrics.json``: the OOF metrics, the fold statistics, timings and the state."""
+    m = metrics.evaluate(dev.y, proba)
+    fold_hf = np.array([r["hF"] for r in results])
+    fold_hfs = np.array([r["hF_strict"] for r in results])
+    out: dict[str, Any] = {f"oof_{k}": v for k, v in m.items()}
+    out.update({
+        "fold_hF_mean": float(fold_hf.mean()), "fold_hF_std": float(fold_hf.std()),
+        "fold_hF_strict_mean": float(fold_hfs.mean()), "fold_hF_strict_std": float(fold_hfs.std()),
+        "metric_variants_differ": bool(m["n_never_predicted"] > 0),
+        "train_seconds": float(sum(r["seconds"] for r in results)),
+        "model_seconds": float(sum(r["model_seconds"] for r in results)),
+        "wall_seconds": float(wall),
+        "epochs_mean": float(np.mean([r["epochs"] for r in results])),
+        "n_dev": int(len(dev.ids)), "n_excluded": int(dev.n_excluded),
+        "n_holdout": int(n_holdout),
+        **state,
+        "folds": [{k: v for k, v in r.items() if k not in _ARRAYS} for r in results],
+    })
+    return out
+
+
+def _write_outputs(out: Path, cfg: dict[str, Any], oof: pd.DataFrame,
+                   results: list[dict[str, Any]], eval_data: Dataset | None,
+                   holdout: Dataset | None, out_metrics: dict[str, Any]) -> None:
+    """The trial's artifacts, each written atomically: oof, eval, holdout, config, metrics."""
+    _atomic_write(out / "oof.parquet", lambda p: oof.to_parquet(p, index=False))
+    if eval_data is not None:
+        ev = np.mean([r["eval_proba"] for r in results], axis=0).astype(np.float32)
+        frame = pd.concat([pd.DataFrame({"id": eval_data.ids.astype(str)}),
+                           pd.DataFrame(ev, columns=list(PROBA_COLUMNS))], axis=1)
+        _atomic_write(out / "eval.parquet", lambda p: frame.to_parquet(p, index=False))
+    if holdout is not None:
+        hold_frame = pd.concat([_prediction_frame(holdout, r["fold"], r["holdout_proba"])
+                                for r in results], ignore_index=True)
+        _atomic_write(out / "holdout.parquet", lambda p: hold_frame.to_parquet(p, index=False))
+    _atomic_write(out / "config.yaml", lambda p: config_mod.dump(cfg, p))
+    _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(out_metrics, indent=1)))
+
+
 def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
               eval_data: Dataset | None = None, crowd: Dataset | None = None,
-              n_folds: int = 5, device: Any = None, on_fold: FoldCallback | None = None,
+              n_folds: int = 5, device: str | None = None, on_fold: FoldCallback | None = None,
               log: Callable[[str], None] | None = None,
               holdout_fraction: float = 0.0) -> dict[str, Any]:
     """Run (or resume) a cross-validated trial; write its outputs; return ``metrics.json``.
@@ -243,12 +305,7 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
     if cfg["data"]["crowd"] != "none" and crowd is None:
         raise DataError(f"data.crowd={cfg['data']['crowd']} needs a crowd dataset (--crowd-data)")
     check_backbones(cfg, dev, eval_data, crowd if cfg["data"]["crowd"] != "none" else None)
-    holdout = None
-    if holdout_fraction > 0:
-        hold = holdout_mask(dev.y, holdout_fraction)
-        holdout, dev = _rows(dev, hold), _rows(dev, ~hold)
-        if crowd is not None:  # a holdout sound must not come back through the crowd set
-            crowd = _rows(crowd, ~np.isin(crowd.ids, holdout.ids))
+    dev, holdout, crowd = _split_holdout(dev, crowd, holdout_fraction)
     out = Path(out_dir)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     fold = assign_folds(dev.y, n_folds)
@@ -257,11 +314,7 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
              "eval_fp": eval_data.fingerprint if eval_data is not None else "",
              "crowd_fp": crowd.fingerprint if crowd is not None and cfg["data"]["crowd"] != "none" else "",
              "holdout_fraction": float(holdout_fraction)}
-    state_path = out / "state.json"
-    if state_path.exists() and json.loads(state_path.read_text()) != state:
-        for stale in (out / "folds").glob("fold_*.npz"):  # another config or data: start over
-            stale.unlink()
-    _atomic_write(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
+    _start_over_if_changed(out, state)
 
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -287,38 +340,11 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
     oof = pd.DataFrame({"sound_id": dev.ids.astype(str), "fold": fold,
                         "label": np.asarray(CODES)[dev.y]})
     oof = pd.concat([oof, pd.DataFrame(proba, columns=list(PROBA_COLUMNS))], axis=1)
-
-    m = metrics.evaluate(dev.y, proba)
-    fold_hf = np.array([r["hF"] for r in results])
-    fold_hfs = np.array([r["hF_strict"] for r in results])
-    out_metrics: dict[str, Any] = {f"oof_{k}": v for k, v in m.items()}
-    out_metrics.update({
-        "fold_hF_mean": float(fold_hf.mean()), "fold_hF_std": float(fold_hf.std()),
-        "fold_hF_strict_mean": float(fold_hfs.mean()), "fold_hF_strict_std": float(fold_hfs.std()),
-        "metric_variants_differ": bool(m["n_never_predicted"] > 0),
-        "train_seconds": float(sum(r["seconds"] for r in results)),
-        "model_seconds": float(sum(r["model_seconds"] for r in results)),
-        "wall_seconds": float(time.perf_counter() - t0),
-        "epochs_mean": float(np.mean([r["epochs"] for r in results])),
-        "n_dev": int(len(dev.ids)), "n_excluded": int(dev.n_excluded),
-        "n_holdout": 0 if holdout is None else int(len(holdout.ids)),
-        **state,
-        "folds": [{k: v for k, v in r.items() if k not in _ARRAYS} for r in results],
-    })
-    if m["n_never_predicted"] > 0:
-        log and log(f"warning: {int(m['n_never_predicted'])} class(es) never predicted: "
-                    f"official hF {m['hF']:.4f} differs from strict {m['hF_strict']:.4f}")
-
-    _atomic_write(out / "oof.parquet", lambda p: oof.to_parquet(p, index=False))
-    if eval_data is not None:
-        ev = np.mean([r["eval_proba"] for r in results], axis=0).astype(np.float32)
-        frame = pd.concat([pd.DataFrame({"id": eval_data.ids.astype(str)}),
-                           pd.DataFrame(ev, columns=list(PROBA_COLUMNS))], axis=1)
-        _atomic_write(out / "eval.parquet", lambda p: frame.to_parquet(p, index=False))
-    if holdout is not None:
-        hold_frame = pd.concat([_prediction_frame(holdout, r["fold"], r["holdout_proba"])
-                                for r in results], ignore_index=True)
-        _atomic_write(out / "holdout.parquet", lambda p: hold_frame.to_parquet(p, index=False))
-    _atomic_write(out / "config.yaml", lambda p: config_mod.dump(cfg, p))
-    _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(out_metrics, indent=1)))
+    out_metrics = _trial_metrics(dev, proba, results, state,
+                                 0 if holdout is None else len(holdout.ids), time.perf_counter() - t0)
+    if out_metrics["oof_n_never_predicted"] > 0:
+        log and log(f"warning: {int(out_metrics['oof_n_never_predicted'])} class(es) never "
+                    f"predicted: official hF {out_metrics['oof_hF']:.4f} differs from strict "
+                    f"{out_metrics['oof_hF_strict']:.4f}")
+    _write_outputs(out, cfg, oof, results, eval_data, holdout, out_metrics)
     return out_metrics

@@ -1,6 +1,6 @@
 # Sourced by every login shell of a cluster node (`launch/setup.sh node` adds it to ~/.bashrc), so
 # `ray start`, `ray submit` and `ray exec` all see the cluster's settings. Shared by
-# launch/cluster.yaml (cloud) and launch/cluster.local.yaml (this machine).
+# launch/cluster.yaml (cloud) and launch/cluster.local.yaml (the local machine).
 #
 # ~/bst-search.env (copied by file_mounts from the operator's ~/.bst-search/...) sets:
 #   BST_DB_URL      PostgreSQL server, no database: postgresql+psycopg://USER:PASSWORD@HOST:5432

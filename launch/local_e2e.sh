@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `ray up` -> `ray submit` -> `ray down` end to end on this machine with launch/cluster.local.yaml:
+# `ray up` -> `ray submit` -> `ray down` end to end on the local machine with launch/cluster.local.yaml:
 #
 #   bash launch/local_e2e.sh            # from anywhere; needs `make venv`, PostgreSQL, sshd
 #

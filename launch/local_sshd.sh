@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An sshd on 127.0.0.1:22 for `ray up launch/cluster.local.yaml` on this machine, with a fresh
+# An sshd on 127.0.0.1:22 for `ray up launch/cluster.local.yaml` on the local machine, with a fresh
 # host key and a fresh client key, in private PID and mount namespaces:
 #
 #   launch/local_sshd.sh start DIR    # prints nothing on success; DIR/id_ed25519 is the client key
@@ -66,7 +66,7 @@ home=$state/home
 mkdir -p "$home/.ssh" /run/sshd
 cp "$dir/id_ed25519.pub" "$home/.ssh/authorized_keys"
 chmod 700 "$home" "$home/.ssh"; chmod 600 "$home/.ssh/authorized_keys"
-# The node's own login environment: this machine's PATH and pip settings (as an on-premise
+# The node's own login environment: the local machine's PATH and pip settings (as an on-premise
 # node has its Python installed); the setup commands append the cluster's lines after it.
 {
     echo "# written by launch/local_sshd.sh: the node's Python and pip"

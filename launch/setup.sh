@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The setup commands of launch/cluster.yaml (cloud) and launch/cluster.local.yaml (this machine):
+# The setup commands of launch/cluster.yaml (cloud) and launch/cluster.local.yaml (the local machine):
 #
 #   bash launch/setup.sh node   every node: its login shells source launch/cluster_env.sh
 #   bash launch/setup.sh head   the head: creates the MLflow and Optuna databases (psycopg 3),

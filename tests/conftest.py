@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import free_port, wait_for_lines  # noqa: F401 - shared with test modules
 
 from bst_search.synth import make_synthetic
 
@@ -64,7 +65,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- sweeps and browsers
 
-from procs import free_port, wait_for_lines  # noqa: E402, F401 - shared with test modules
+
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

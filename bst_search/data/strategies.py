@@ -1,6 +1,6 @@
 """Data strategies: which rows, with which weights, train fold k (``data.*``).
 
-Everything here sees only fold k's training part (DESIGN.md, "Trial protocol"): the
+Everything here sees only fold k's training part (docs/design.md, "Trial protocol"): the
 development rows of the other folds minus the early-stopping validation split, and crowd
 rows whose sound ids are not in the development set at all. Teachers and EL2N scores are
 fitted on that training part, validated on the fold's validation split, and never see fold
@@ -112,7 +112,7 @@ class AllCrowd:
 
 @register_crowd_filter("uploader_cap")
 class UploaderCap:
-    """At most K rows per (uploader, class), in file order (seed 002: K = 200), so that a
+    """At most K rows per (uploader, class), in file order (the multi-branch system: K = 200), so that a
     few prolific uploaders' templates do not dominate a class."""
 
     def __init__(self, cap: int) -> None:
@@ -133,7 +133,7 @@ class UploaderCap:
 
 @register_crowd_filter("teacher")
 class TeacherAgreement:
-    """Keep crowd rows whose label is the teacher's top prediction (seed 002). The teacher is
+    """Keep crowd rows whose label is the teacher's top prediction (the multi-branch system). The teacher is
     the trial's own model trained on the fold's development training part."""
 
     @classmethod
@@ -150,7 +150,7 @@ class TeacherAgreement:
 
 @register_crowd_filter("el2n")
 class EL2N:
-    """Drop the hardest ``data.el2n_drop`` fraction of crowd rows by EL2N score (seed 003):
+    """Drop the hardest ``data.el2n_drop`` fraction of crowd rows by EL2N score (MESH):
     ||softmax - onehot||_2 after ``data.el2n_epochs`` epochs on development + crowd rows."""
 
     def __init__(self, epochs: int, drop: float) -> None:
@@ -177,7 +177,7 @@ class EL2N:
 
 
 class _Combined:
-    """Two filters' selections combined (seed 003's union and intersection filtering)."""
+    """Two filters' selections combined (MESH's union and intersection filtering)."""
 
     combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -12,7 +12,7 @@ from bst_search.data.errors import list_ids
 from bst_search.data.metadata import LABELLED_ID, UNLABELLED_ID, find_metadata
 from bst_search.extract.errors import ExtractError
 
-TEXT_FIELDS: tuple[str, ...] = ("title", "tags", "description")  # seed 001, 3.1: in this order
+TEXT_FIELDS: tuple[str, ...] = ("title", "tags", "description")  # in this order (the HATR baseline, 3.1)
 TEXT_JOINER = " "
 
 

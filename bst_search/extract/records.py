@@ -17,7 +17,7 @@ from bst_search.extract.audio import decode
 from bst_search.extract.backbones import Backbone
 from bst_search.extract.errors import ExtractError
 
-SILENCE_SECONDS = 1.0  # length of the zero waveform that stands in for a bad clip (seed 002)
+SILENCE_SECONDS = 1.0  # length of the zero waveform that stands in for a bad clip (the multi-branch system)
 
 
 @dataclass

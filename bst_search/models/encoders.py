@@ -20,9 +20,9 @@ register_encoder = ENCODERS.register
 
 @register_encoder("linear")
 class LinearEncoder(nn.Module):
-    """``n_layers`` Linear layers to ``hidden`` with GELU + dropout between (seeds 000, 003).
+    """``n_layers`` Linear layers to ``hidden`` with GELU + dropout between (the late-fusion system and MESH).
 
-    One layer is exactly seed 000's modality-specific projection to a token, so the late
+    One layer is exactly the late-fusion system's modality-specific projection to a token, so the late
     fusion preset keeps its layout; more layers give a deeper per-backbone adapter.
     """
 
@@ -63,7 +63,7 @@ class ResidualBlock(nn.Module):
 
 @register_encoder("hatr")
 class EmbeddingEncoder(nn.Module):
-    """The official baseline's encoder (seed 001): one backbone's embedding -> ``hidden``.
+    """The official HATR baseline's encoder: one backbone's embedding -> ``hidden``.
 
     Works at width max(dim, 2*hidden) so that small embeddings are widened, not squeezed,
     before the residual stack. Layer names are those of the ``hatr`` model's encoders.

@@ -44,7 +44,7 @@ class ConcatFusion(nn.Module):
 class AttentionFusion(nn.Module):
     """Per-sample softmax weights over the M encoded backbones, then their weighted sum.
 
-    The official baseline's fusion (seed 001) with its two fixed modalities generalised to
+    The official HATR baseline's fusion with its two fixed modalities generalised to
     M; the ``hatr`` model uses this class. For M = 1 the only weight is 1, so the fusion is
     the identity and has no parameters (as ``hatr``, which skips fusion for one backbone).
     ``last_weights`` keeps the (B, M) weights of the latest forward for inspection.
@@ -74,10 +74,10 @@ class AttentionFusion(nn.Module):
 
 @register_fusion("transformer")
 class TransformerFusion(nn.Module):
-    """Token fusion of seed 000: (B, M, hidden) -> TransformerEncoder -> pooled (B, hidden).
+    """Token fusion of the late-fusion system: (B, M, hidden) -> TransformerEncoder -> pooled (B, hidden).
 
-    ``pool="mean"`` averages the M output tokens (seed 000's choice); ``pool="cls"``
-    prepends a learnable token and returns its output (the variant seed 000 also tried).
+    ``pool="mean"`` averages the M output tokens (the late-fusion system's choice); ``pool="cls"``
+    prepends a learnable token and returns its output (the variant the late-fusion system also tried).
     With M = 1 the encoder still runs over the one token (plus the cls token).
     """
 
@@ -106,7 +106,7 @@ class TransformerFusion(nn.Module):
 
 
 class HighwayAdapter(nn.Module):
-    """Seed 002's text adapter: t' = t + g ⊙ Δt, g = sigmoid(W_g t), Δt = small MLP(t).
+    """The multi-branch system's text adapter: t' = t + g ⊙ Δt, g = sigmoid(W_g t), Δt = small MLP(t).
 
     The gate keeps the pretrained text embedding and lets training add a task-specific
     refinement. Its bias starts at -1 (as in Highway networks) so that g is small at first
@@ -126,7 +126,7 @@ class HighwayAdapter(nn.Module):
 
 @register_fusion("gated")
 class GatedFusion(nn.Module):
-    """Seed 002's highway-gated text adapter and gated residual fusion, for M backbones.
+    """The multi-branch system's highway-gated text adapter and gated residual fusion, for M backbones.
 
     The anchor ``a`` is the first audio backbone's encoding (the first backbone when none is
     audio). Text encodings first pass their own :class:`HighwayAdapter` (a text anchor too);

@@ -1,6 +1,6 @@
 """Classifier heads of the composed model (``model.head``): fused (B, hidden) -> outputs.
 
-Every head subclasses :class:`Head` (the shared trunk: seed 000's Linear, LayerNorm, GELU,
+Every head subclasses :class:`Head` (the shared trunk: the late-fusion system's Linear, LayerNorm, GELU,
 dropout and ``model.head_depth`` pre-norm residual MLP blocks), is registered by name and
 has ``from_config(cfg, n_classes) -> head``. ``forward`` returns the output dict that every
 model returns (see ``bst_search.models``): "logits" and "embedding" always, "top_logits",
@@ -22,7 +22,7 @@ register_head = HEADS.register
 
 
 class ResidualMLP(nn.Module):
-    """Pre-norm MLP block with an identity shortcut (seed 000's head block)."""
+    """Pre-norm MLP block with an identity shortcut (the late-fusion system's head block)."""
 
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
@@ -63,7 +63,7 @@ class Head(nn.Module):
 
 @register_head("flat")
 class FlatHead(Head):
-    """Trunk -> Linear -> fine logits (seed 000's head; seed 002's flat head)."""
+    """Trunk -> Linear -> fine logits (the late-fusion system's head; the multi-branch system's flat head)."""
 
     def __init__(self, hidden: int, n_classes: int, dropout: float, depth: int) -> None:
         super().__init__(hidden, n_classes, dropout, depth)
@@ -76,7 +76,7 @@ class FlatHead(Head):
 
 @register_head("gc")
 class GlobalClassifierHead(Head):
-    """Seed 002's global classifier: parallel Linear outputs for 23 fine and 5 top classes.
+    """The multi-branch system's global classifier: parallel Linear outputs for 23 fine and 5 top classes.
 
     One shared representation is trained for both levels (multi-task); inference uses the
     fine logits only.
@@ -97,7 +97,7 @@ class GlobalClassifierHead(Head):
 
 @register_head("lcl")
 class LocalPerLevelHead(Head):
-    """Seed 002's local classifier per level, with top-down correction at inference.
+    """The multi-branch system's local classifier per level, with top-down correction at inference.
 
     Each level has its own small MLP on the trunk output and is trained on its own logits
     ("logits", "top_logits"). Inference multiplies the levels, p(c) ∝ p_top(parent(c)) ·
@@ -128,7 +128,7 @@ class LocalPerLevelHead(Head):
 
 @register_head("proxy")
 class ProxyHead(Head):
-    """Seed 003's proxy classifier: cosine similarity to learnable class proxies.
+    """MESH's proxy classifier: cosine similarity to learnable class proxies.
 
     Trunk -> Linear to ``proxy_dim`` (the "embedding", returned unnormalised); fine proxies
     (23, proxy_dim) and top proxies (5, proxy_dim) are raw parameters, returned as "proxies"

@@ -4,7 +4,7 @@
 (:mod:`~bst_search.models.encoders`, :mod:`~bst_search.models.fusions`,
 :mod:`~bst_search.models.heads`), so the seeds' architectures are points of one search
 space. The defaults (linear encoder, transformer fusion with mean pooling, flat head of
-depth 2) are exactly seed 000's late fusion model, layer for layer.
+depth 2) are exactly the late-fusion system's late fusion model, layer for layer.
 """
 
 from __future__ import annotations

@@ -24,12 +24,15 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
 from bst_search import tracking
 from bst_search.config import SCHEMA
+
+if TYPE_CHECKING:
+    from bst_search.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 _LIVE: dict[str, MlflowTrialLogger] = {}  # the driver's logger per sweep (see __setstate__)
@@ -41,7 +44,7 @@ class RunBook:
     the writer process (:class:`Writers`); each method gets that process's client and plain
     values (configs, fold results, a Tune checkpoint), never the driver's objects."""
 
-    def __init__(self, experiment_id: str, sweep: str, fingerprints: dict[str, str], space: Any,
+    def __init__(self, experiment_id: str, sweep: str, fingerprints: dict[str, str], space: SearchSpace,
                  n_folds: int, resources: dict[str, float] | None = None) -> None:
         self.experiment_id, self.sweep, self.fingerprints = experiment_id, sweep, fingerprints
         self.space, self.n_folds, self.resources = space, n_folds, resources
@@ -118,7 +121,7 @@ class Writers:
     it stops reading, the pipe fills and :meth:`submit` waits (bounded memory). If the driver
     dies, the child still performs what it received, then exits; Ctrl-C is the driver's."""
 
-    def __init__(self, uri: str, book: Any, n: int = 4, maxsize: int = 256) -> None:
+    def __init__(self, uri: str, book: RunBook, n: int = 4, maxsize: int = 256) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs Ray's threads
         child_commands, self._commands = ctx.Pipe(duplex=False)
         self._replies, child_replies = ctx.Pipe(duplex=False)
@@ -177,7 +180,7 @@ class Writers:
         self._replies.close()
 
 
-def _serve(uri: str, book: Any, n: int, maxsize: int, commands: Any, replies: Any) -> None:
+def _serve(uri: str, book: RunBook, n: int, maxsize: int, commands: Any, replies: Any) -> None:
     """The writer process: read the driver's messages until it says close or is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the driver decides
     tracking.write_ahead_sqlite()
@@ -229,10 +232,10 @@ def forget_statistics(trial: Any) -> None:
     """Clear a finished trial's running statistics in Tune (min, max, mean and last-5/10 means
     of every reported number: Tune's best-trial bookkeeping; the sweep's record is MLflow).
     Tune writes every trial's state at every experiment-state save (every 2 s), so a finished
-    trial's weight is paid again and again: with them (8.8 KB) and full checkpoint records
-    (``TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE`` in search.py) a finished trial took 24.5 KB
-    of the file, now 9.3 KB, and the save's cost per trial grew with the sweep. Called
-    before Tune re-encodes the trial as TERMINATED; a Ray without these fields is left alone."""
+    trial's weight is paid again and again: these statistics (about 9 KB a trial) and full
+    checkpoint records (``TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE``, set by the driver) would
+    make each save cost more per trial as the sweep grows. Called before Tune re-encodes the
+    trial as TERMINATED; a Ray without these fields is left alone."""
     meta = getattr(trial, "run_metadata", None)
     if meta is not None and hasattr(meta, "metric_analysis") and hasattr(meta, "metric_n_steps"):
         meta.metric_analysis, meta.metric_n_steps = {}, {}
@@ -243,7 +246,7 @@ class MlflowTrialLogger(tune.Callback):
     of trial runs); the Tune hooks only decide what to write and queue it."""
 
     def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
-                 fingerprints: dict[str, str], space: Any, n_folds: int, *, writers: int = 4,
+                 fingerprints: dict[str, str], space: SearchSpace, n_folds: int, *, writers: int = 4,
                  on_setup: Callable[[], None] | None = None,
                  resources: dict[str, float] | None = None) -> None:
         self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep

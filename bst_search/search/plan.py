@@ -148,9 +148,13 @@ def plan_sweep(args: argparse.Namespace, space: SearchSpace, workdir: Path,
         raise state.SweepStateError(
             f"experiment {args.experiment!r} already has sweep {stored['sweep']} in "
             f"{mask_url(optuna_url)}; use --resume to continue it or choose another --experiment")
+    budget = getattr(args, "time_budget", None)
+    if stored is not None and stored.get("trials") == UNBOUNDED and (budget is None or args.trials):
+        raise state.SweepStateError(
+            f"sweep {stored['sweep']} runs as many trials as fit in its time budget: resume it "
+            "with --time-budget (and without --trials)")
     fixed, tracking_uri = fixed_args(args, space, workdir, stored)
     tune = storage.resolve(fixed.tune_storage, cluster=bool(args.address), shared_fs=args.shared_fs)
-    budget = getattr(args, "time_budget", None)
     return SweepPlan(
         experiment=args.experiment, space=space, space_source=str(args.space), workdir=workdir,
         data=args.data, eval_data=args.eval_data, crowd_data=args.crowd_data,

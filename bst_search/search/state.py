@@ -22,7 +22,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bst_search.search.space import SearchSpace
 
 IDENTITY_ATTR = "bst.identity"
 LEASE_TTL_ENV = "BST_LEASE_TTL_S"
@@ -37,7 +40,7 @@ class SweepStateError(RuntimeError):
     """A sweep cannot be started or resumed as asked; the message says why and what to do."""
 
 
-def space_hash(space: Any) -> str:
+def space_hash(space: SearchSpace) -> str:
     """Content hash of a search space: what it samples and how, not where its file lies."""
     data = {k: v for k, v in dataclasses.asdict(space).items()
             if not k.startswith("_") and k not in ("source", "description", "base")}

@@ -84,7 +84,7 @@ def resolve(uri: str, *, cluster: bool, shared_fs: bool) -> TuneStorage:
     local = Path(urlsplit(uri).path if scheme == "file" else uri).expanduser().resolve()
     if cluster and not shared_fs:
         raise StorageError(
-            f"--tune-storage {local} is a folder on this machine, but --address joins a cluster "
+            f"--tune-storage {local} is a local folder, but --address joins a cluster "
             "whose other nodes cannot write there: pass --tune-storage s3://... or gs://..., "
             "or --shared-fs if every node mounts this path (NFS, or all nodes on one machine)")
     return TuneStorage(uri=local.as_uri(), path=str(local), filesystem=None, shared=shared_fs or not cluster)

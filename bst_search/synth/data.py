@@ -66,7 +66,7 @@ VIEW_NOISE = {"clap_audio": 0.85, "clap_text": 0.9, "panns": 0.85}  # own latent
 OBS_NOISE = {"clap_audio": 0.10, "clap_text": 0.10, "panns": 0.12}   # isotropic, in output space
 TEXT_SHRINK = (0.55, 1.05)  # per-class factor on the class offset as the text view sees it
 # Per-class multiplier of the shared noise, fixed rather than drawn so that every seed has
-# the same hard and easy classes as BSD10k under the official baseline (seed 001, Table 2:
+# the same hard and easy classes as BSD10k under the official HATR baseline (its Table 2:
 # is-w, is-s, fx-o strong; sp-c, ss-i, fx-a weak).
 CLASS_HARDNESS: dict[str, float] = {
     "m-sp": 1.0, "m-si": 1.0, "m-m": 1.2,

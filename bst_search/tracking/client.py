@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bst_search import config as config_mod
 from bst_search.taxonomy import CODES
@@ -37,6 +37,9 @@ from bst_search.tracking.schema import (
     VIEW_TAG,
 )
 
+if TYPE_CHECKING:
+    from bst_search.search.space import SearchSpace
+
 _WAL = False  # write_ahead_sqlite() has installed its listener in this process
 
 
@@ -44,7 +47,7 @@ def write_ahead_sqlite() -> None:
     """Open every SQLite store of this process (MLflow's, Optuna's) in write-ahead-log mode with
     ``synchronous=NORMAL``. Why: in SQLite's default mode a commit creates, syncs and deletes a
     journal file; in WAL mode it appends to the log. A sweep commits about 20 times per trial;
-    the commit's CPU fell from 362 to 23 us (2026-11-24, this 2-core machine, 2,000 commits).
+    a commit costs about a fifteenth of the CPU (docs/benchmarks.md).
     A killed process loses no commit (the log is in the OS's cache), a power cut can lose the
     last ones but never corrupts the file, and readers (the MLflow UI, ``bst-search report``)
     no longer block the writer. The log lives beside the file (``mlflow.db-wal``) until the
@@ -122,7 +125,7 @@ def ensure_experiment(cl: Any, name: str, workdir: str | Path, uri: str) -> str:
         return exp.experiment_id
 
 
-def describe_experiment(cl: Any, experiment_id: str, *, sweep: str, space: Any,
+def describe_experiment(cl: Any, experiment_id: str, *, sweep: str, space: SearchSpace,
                         fingerprints: dict[str, str]) -> None:
     """The experiment's description (MLflow's note): what the sweep searches, on which data,
     and how to read its runs in the UI."""

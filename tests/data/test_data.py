@@ -301,7 +301,7 @@ def test_missing_policy_zero(dev):
     row = list(ds.ids).index(ids[1])
     assert len(ds) == len(ids) and ds.zeroed["clap_audio"] == [ids[1]]
     assert not ds.features["clap_audio"][row].any()
-    assert ds.features["clap_text"][row].any()  # the other modality is kept (seed 001)
+    assert ds.features["clap_text"][row].any()  # the other modality is kept (the official HATR baseline)
     with pytest.raises(ValueError, match="missing='skip'"):
         load_dataset(dev, missing="skip")
 

@@ -113,7 +113,7 @@ def test_start_commands() -> None:
 
 
 def test_no_psycopg2_anywhere() -> None:
-    """The package depends on psycopg 3; psycopg2 is installed nowhere (issue 9)."""
+    """The package depends on psycopg 3; psycopg2 is installed nowhere."""
     for path in [*LAUNCH.iterdir(), *(ROOT / "docker").iterdir()]:
         if path.is_file():
             assert "psycopg2" not in path.read_text(), path

@@ -1,5 +1,5 @@
 """Models: registries, the output contract of every encoder x fusion x head combination,
-LCL top-down inference, and the parameter counts of the official baseline and seed 000."""
+LCL top-down inference, and the parameter counts of the official baseline and the late-fusion system."""
 
 from __future__ import annotations
 
@@ -376,10 +376,10 @@ def test_hatr_param_count_of_the_official_two_branch_model() -> None:
     assert n_params(model) == 7_319_513
 
 
-# --- seed 000's layout from the late_fusion preset ----------------------------------------
+# --- the late-fusion system's layout from the late_fusion preset ----------------------------------------
 
 def _seed000_shapes(dims: list[int], h: int, ff: int, n: int = 23) -> list[tuple[int, ...]]:
-    """Parameter shapes, in order, of seed 000's model (the former LateFusion class)."""
+    """Parameter shapes, in order, of the late-fusion system's model, as its report describes it."""
     s: list[tuple[int, ...]] = []
     for d in dims:  # per-backbone Linear projection to a token
         s += [(h, d), (h,)]

@@ -339,6 +339,34 @@ def test_ctrl_c_interrupts_cleanly_and_resume_continues_from_the_last_fold(tiny_
 
 
 @pytest.mark.slow
+def test_a_time_budget_ends_the_sweep_like_ctrl_c_and_exits_0(tiny_data, tmp_path):
+    uri = tracking.tracking_uri(tmp_path)
+    cmd = _search_cmd(tiny_data, tmp_path, "budget", 1, "--concurrency", "2")
+    cmd = cmd[:cmd.index("--trials")] + cmd[cmd.index("--trials") + 2:]  # as many as fit
+    # folds 4 s late: a trial takes 20 s or more, so trials are running at the budget
+    r = subprocess.run(cmd + ["--time-budget", "25s"], env=_env(**{SLOW_ENV: "4"}),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "time budget of 0m25s reached" in r.stdout and "stopped at the time budget" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    runs = _trial_runs(uri, "budget")
+    killed = {x.data.tags["bst.trial_id"] for x in runs if x.info.status == "KILLED"}
+    assert killed and "RUNNING" not in {x.info.status for x in runs}
+    assert all(x.data.tags["bst.status"] == "interrupted" for x in runs if x.info.status == "KILLED")
+
+    refused = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
+                             timeout=120)  # no budget: it would never end
+    assert refused.returncode == 2 and "resume it with --time-budget" in refused.stderr
+
+    again = subprocess.run(cmd + ["--resume", "--time-budget", "15s"], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    done = {x.data.tags["bst.trial_id"]: x for x in _trial_runs(uri, "budget", "FINISHED")}
+    for trial_id in killed:  # continued from its last finished fold
+        assert done[trial_id].data.metrics["folds_resumed"] >= 1
+
+
+@pytest.mark.slow
 def test_errored_trial_rerun_on_resume_agrees_and_the_sweep_grows(tiny_data, tmp_path):
     uri, storage = tracking.tracking_uri(tmp_path), f"sqlite:///{tmp_path / 'optuna.db'}"
     cmd = _search_cmd(tiny_data, tmp_path, "rerun", 1, "--max-failures", "0")
