@@ -22,7 +22,7 @@ test: venv docs
 
 # the documentation site (docs/, mkdocs.yml): a broken link or a page missing from the nav fails
 docs: venv
-	$(BIN)/mkdocs build --strict --quiet --site-dir bst-runs/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir bst-runs/site
 
 # A three-node Ray cluster with S3 (moto), PostgreSQL and an MLflow server, node/head/MLflow
 # loss mid-sweep, and ray up -> ray submit -> ray down over ssh (needs openssh-server).

@@ -2,14 +2,14 @@
 
 Candidates are noisy copies of the one-hot truth with varying strength and a shared
 "hard sample" component, so that members differ in quality and in the errors they share and
-greedy selection has real choices to make. Targets: issue 4, selection with Nelder-Mead
-weights and 50 steps over 1,000 candidates in under 60 s on 2 cores and under 4 GB peak;
-issue 11, 10,000 candidates under 8 GB peak.
+greedy selection has real choices to make. Targets: selection with Nelder-Mead weights and 50
+steps over 1,000 candidates in under 60 s on 2 cores and under 4 GB peak; 10,000 candidates
+under 8 GB peak.
 
 Two paths: ``--path store`` is what ``python -m bst_search.ensemble`` does (candidates
 written to the float16 on-disk store one by one (argmax kept as written), the working set of
 every selection's diverse top-k pool read back in float32, then selection); ``--path
-memory`` holds the whole float32 tensor (the coordinator before issue 11). ``--mlflow R``
+memory`` holds the whole float32 tensor, for comparison. ``--mlflow R``
 instead times loading R logged trial runs from a local MLflow store, cold and cached.
 
     .venv/bin/python benchmarks/bench_ensemble.py [--candidates 1000] [--samples 11000]

@@ -1,13 +1,16 @@
-"""Name -> class tables for the pluggable pieces (models, fusions, heads, loss terms, crowd filters).
+"""Name tables for the pluggable pieces.
 
-A piece is a small class decorated with its registry's ``register(name)`` and providing a
-``from_config`` classmethod; the configuration names it (``model.name``, ``model.fusion``, ``data.crowd``).
+* :class:`Registry`: classes the configuration names (``model.name``, ``model.fusion``,
+  ``data.crowd``, loss terms): a small class decorated with ``register(name)`` that provides a
+  ``from_config`` classmethod;
+* :class:`Options`: factories a command-line flag names (``--sampler``, ``--scheduler``): a
+  function decorated with ``register(name)``; the flag's choices are the table's names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bst_search.config import ConfigError
 
@@ -39,3 +42,30 @@ class Registry(dict[str, type]):
         if name not in self:
             raise ConfigError(f"{self.key}: unknown {name!r}; registered: {', '.join(sorted(self))}")
         return self[name]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Options(dict[str, Callable[..., Any]]):
+    """A dict of registered factories that knows which flag selects from it."""
+
+    def __init__(self, flag: str) -> None:
+        super().__init__()
+        self.flag = flag  # e.g. "--sampler"
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Function decorator: make the factory selectable as ``<flag> <name>``."""
+
+        def deco(fn: F) -> F:
+            self[name] = fn
+            return fn
+
+        return deco
+
+    def build(self, name: str, *args: Any) -> Any:
+        """What the factory registered as ``name`` makes of ``args``; a ValueError naming the
+        flag otherwise."""
+        if name not in self:
+            raise ValueError(f"{self.flag}: unknown {name!r}; one of {', '.join(self)}")
+        return self[name](*args)

@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster on one machine, with the shared services a cluster has.
 
-Used by ``tests/test_cluster.py`` (and usable from a shell: ``python -m tests.cluster_harness``
+Used by ``tests/launch/test_cluster.py`` (and usable from a shell: ``python -m tests.cluster_harness``
 prints how to reach a cluster it starts). What it starts, each as its own processes:
 
 * an S3-compatible endpoint on loopback (moto's server mode), the Tune storage and the

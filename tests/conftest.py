@@ -9,13 +9,15 @@ directory is set first as well.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from procs import free_port, wait_for_lines  # noqa: F401 - shared with test modules
 
 from bst_search.synth import make_synthetic
+from bst_search.taxonomy import N_CLASSES
 
 CACHE_ENV = "BST_CACHE_DIR"
 
@@ -61,6 +63,29 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """
     out = tmp_path_factory.mktemp("tiny-data")
     return make_synthetic(out, n=800, crowd_n=300, eval_n=200, seed=0)
+
+
+# --------------------------------------------------------------------------- fake predictions
+
+
+def soft_predictions(y: np.ndarray, rng: np.random.Generator, acc: float,
+                     truth_bump: float = 0.0) -> np.ndarray:
+    """A fake classifier's (n, 23) softmax outputs: a confident bump on the truth for about
+    ``acc`` of the rows and on a random class for the rest, over Gaussian noise (its errors
+    differ with the generator); ``truth_bump`` adds evidence for the truth on every row."""
+    n = len(y)
+    target = np.where(rng.random(n) < acc, y, rng.integers(0, N_CLASSES, n))
+    z = rng.normal(0, 0.7, (n, N_CLASSES))
+    z[np.arange(n), target] += 3.0
+    z[np.arange(n), y] += truth_bump
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def fake_proba() -> Callable[..., np.ndarray]:
+    """:func:`soft_predictions`, for the tests of everything that reads predictions."""
+    return soft_predictions
 
 
 # --------------------------------------------------------------------------- sweeps and browsers

@@ -12,13 +12,8 @@ from typing import Any
 
 from bst_search.ensemble.cli import add_arguments, execute, main
 from bst_search.ensemble.honest import HonestResult, honest_estimate
-from bst_search.ensemble.selection import (
-    SelectionOptions,
-    SelectionResult,
-    candidate_stats,
-    combine,
-    select_ensemble,
-)
+from bst_search.ensemble.scoring import candidate_stats, combine
+from bst_search.ensemble.selection import SelectionOptions, SelectionResult, select_ensemble
 from bst_search.ensemble.submission import (
     SubmissionCheckError,
     add_score_arguments,

@@ -10,18 +10,14 @@ import argparse
 import sys
 
 from bst_search.ensemble.candidates import CandidateError
+from bst_search.ensemble.methods import DEFAULT_METHOD, METHODS
 from bst_search.ensemble.submission import DEFAULT_MAX_SHIFT
-from bst_search.ensemble.summary import METHODS
+from bst_search.tracking.stores import add_store_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of the ensemble coordinator (reused by ``bst-search ensemble``)."""
-    parser.add_argument("--experiment", required=True, help="MLflow experiment (= sweep) name")
-    parser.add_argument("--workdir", default="bst-runs",
-                        help="work dir holding mlflow.db and the artifact cache (default bst-runs)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                             "sqlite:///<workdir>/mlflow.db)")
+    add_store_arguments(parser, optuna=False)  # the coordinator reads MLflow only
     parser.add_argument("--out", default=None,
                         help="output dir (default <workdir>/ensembles/<experiment>)")
     parser.add_argument("--eval-data", default=None,
@@ -59,10 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              f"allowed in a submission (default {DEFAULT_MAX_SHIFT})")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bagging and of the SK fusers (default 0)")
-    parser.add_argument("--method", choices=list(METHODS), default="greedy",
+    parser.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                         help="what the submission, oof/eval parquets and ensemble.json members "
-                             "come from: greedy selection (default) or cross-fitted "
-                             "selective-kernel fusion (seed 003); both are scored either way")
+                             f"come from, one of the registered methods ({', '.join(METHODS)}; "
+                             "greedy: greedy forward selection, the default; sk: cross-fitted "
+                             "selective-kernel fusion, from MESH); all are scored either way")
     parser.add_argument("--sk-top", type=int, default=10,
                         help="SK fuses the N best single candidates, ranked on the training "
                              "folds of each cross-fit fold (default 10); bounds its cost")

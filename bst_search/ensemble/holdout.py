@@ -1,10 +1,10 @@
 """The holdout (``search --holdout-fraction``): development sounds no trial and no selection saw.
 
 Every trial's fold models predicted them (``holdout.parquet``, one block per fold model).
-The coordinator applies its final ensembles to them once, with two recipes side by side:
-the members' fold models averaged (what the submission does with the evaluation set: the
-end-to-end estimate) and one fold model per member (how every OOF row was predicted, so the
-gap between the two is what the honest estimate cannot see). Nothing is chosen here.
+The coordinator applies each method's final ensemble to them once, with two recipes side by
+side: the members' fold models averaged (what the submission does with the evaluation set:
+the end-to-end estimate) and one fold model per member (how every OOF row was predicted, so
+the gap between the two is what the honest estimate cannot see). Nothing is chosen here.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bst_search.ensemble.selection import combine, score_pred, to_combine_space
+from bst_search.ensemble.methods import DEFAULT_METHOD
+from bst_search.ensemble.scoring import combine, score_pred, to_combine_space
 from bst_search.taxonomy import N_CLASSES
 
 if TYPE_CHECKING:
     from bst_search.ensemble.candidates import CandidateSet
     from bst_search.ensemble.outcome import Outcome
+
+# one method's holdout predictions: (fold models averaged, [under each fold model])
+HoldoutPredictions = tuple[np.ndarray, list[np.ndarray]]
 
 
 def _member_blocks(cs: CandidateSet, members: np.ndarray) -> np.ndarray:
@@ -27,13 +31,14 @@ def _member_blocks(cs: CandidateSet, members: np.ndarray) -> np.ndarray:
     return H.reshape(len(members), len(cs.holdout_folds), len(cs.holdout_ids), N_CLASSES)
 
 
-class SKInput:
-    """Evaluation rows, then the holdout's, for SK fusion's fusers; read for a pool at a time.
+class EvalWithHoldout:
+    """Evaluation rows, then the holdout's, as one candidate matrix; read a pool at a time.
 
     Rows: the evaluation set (M, already in the combine space), the holdout with each
     candidate's fold models averaged (H), then the holdout under each fold model (F x H).
-    :func:`~bst_search.ensemble.sk_fusion.cross_fit` indexes it by its pools only, so the
-    holdout of the whole working set is never held at once.
+    A method's ``predict`` reads it through ``rows[pool]`` for its members only, so the
+    holdout of the whole working set is never held at once, and every method predicts the
+    evaluation and holdout rows in one call (:meth:`split` takes them apart).
     """
 
     ndim = 3
@@ -50,12 +55,27 @@ class SKInput:
         rows = to_combine_space(np.ascontiguousarray(rows, dtype=np.float32), self.combine)
         return rows if self.E is None else np.concatenate([self.E[pool], rows], axis=1)
 
-    def split(self, fused: np.ndarray) -> tuple[np.ndarray | None, tuple[np.ndarray, list[np.ndarray]]]:
+    def split(self, fused: np.ndarray) -> tuple[np.ndarray | None, HoldoutPredictions]:
         """Fused rows -> (evaluation part or None, (holdout averaged, [holdout per fold model]))."""
         ev = fused[:self.m] if self.E is not None else None
         hold = fused[self.m:]
         blocks = [hold[i * self.h:(i + 1) * self.h] for i in range(1 + self.f)]
         return ev, (blocks[0], blocks[1:])
+
+
+def rows_to_predict(cs: CandidateSet, E: np.ndarray | None,
+                    combine_mode: str) -> np.ndarray | EvalWithHoldout | None:
+    """What every fitted method predicts: the evaluation rows, and the holdout's when there
+    is one (None: neither)."""
+    return EvalWithHoldout(cs, E, combine_mode) if cs.holdout_store is not None else E
+
+
+def split_predictions(rows: np.ndarray | EvalWithHoldout, fused: np.ndarray
+                      ) -> tuple[np.ndarray | None, HoldoutPredictions | None]:
+    """A method's predictions of :func:`rows_to_predict` -> (evaluation part, holdout part)."""
+    if isinstance(rows, EvalWithHoldout):
+        return rows.split(fused)
+    return fused, None
 
 
 def _scored(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -70,31 +90,35 @@ def _recipes(y: np.ndarray, averaged: np.ndarray, per_model: list[np.ndarray]) -
                                     for m in ("hF_strict", "hF")}}
 
 
-def score_holdout(res: Outcome, sk_holdout: tuple[np.ndarray, list[np.ndarray]] | None = None
-                  ) -> dict[str, Any] | None:
-    """Greedy ensemble, SK fusion (when its fusers fused the holdout) and the best single
-    trial on the holdout, under both recipes; None without a holdout."""
-    cs, opts = res.cs, res.opts
+def _weighted(P: np.ndarray, weights: np.ndarray, combine_mode: str) -> np.ndarray:
+    """The ensemble of (members, rows, 23) probabilities with the members' weights."""
+    Z = to_combine_space(np.ascontiguousarray(P, dtype=np.float32), combine_mode)
+    return combine(Z, weights, None, combine_mode)
+
+
+def _single_recipes(cs: CandidateSet, y: np.ndarray, best: int, combine_mode: str
+                    ) -> dict[str, Any]:
+    """The best single trial under both recipes: its fold models averaged, and each alone."""
+    H = _member_blocks(cs, np.array([best]))
+    one = np.ones(1)
+    return _recipes(y, _weighted(H.mean(axis=1), one, combine_mode),
+                    [_weighted(H[:, k], one, combine_mode) for k in range(H.shape[1])])
+
+
+def score_holdout(res: Outcome) -> dict[str, Any] | None:
+    """Every method that predicted the holdout and the best single trial, under both
+    recipes; None without a holdout."""
+    cs = res.cs
     if cs.holdout_store is None or cs.holdout_labels is None:
         return None
     y = cs.holdout_labels
-
-    def weighted(members: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
-        H = _member_blocks(cs, members)
-
-        def ens(P: np.ndarray) -> np.ndarray:
-            Z = to_combine_space(np.ascontiguousarray(P, dtype=np.float32), opts.combine)
-            return combine(Z, weights, None, opts.combine)
-
-        return _recipes(y, ens(H.mean(axis=1)), [ens(H[:, k]) for k in range(H.shape[1])])
-
-    greedy = np.flatnonzero(res.sel.weights > 0)
+    scored = {name: _recipes(y, *fit.holdout) for name, fit in res.fits.items()
+              if fit.holdout is not None}
     best = res.best
-    out: dict[str, Any] = {
-        "n": int(len(y)), "fold_models": cs.holdout_folds, "submitted": res.method,
-        "greedy": weighted(greedy, res.sel.weights[greedy]),
-        "best_single": {"run_id": cs.infos[best].run_id, "trial_id": cs.infos[best].trial_id,
-                        **weighted(np.array([best]), np.ones(1))}}
-    if sk_holdout is not None:
-        out["sk"] = _recipes(y, *sk_holdout)
-    return out
+    best_single = {"run_id": cs.infos[best].run_id, "trial_id": cs.infos[best].trial_id,
+                   **_single_recipes(cs, y, best, res.opts.combine)}
+    # ensemble.json's order: the default method, the best single trial it is measured
+    # against, then the other methods
+    default = {DEFAULT_METHOD: scored.pop(DEFAULT_METHOD)}
+    return {"n": int(len(y)), "fold_models": cs.holdout_folds, "submitted": res.method,
+            **default, "best_single": best_single, **scored}

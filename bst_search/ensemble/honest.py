@@ -1,7 +1,7 @@
 """Honest estimate of an ensemble: the whole selection procedure inside a CV over the OOF folds.
 
 The score of the selected ensemble is measured on the very rows it was chosen on, so it is
-optimistic, and more so the more candidates and steps there are (seed 003: 0.846 on dev
+optimistic, and more so the more candidates and steps there are (MESH: 0.846 on dev
 OOF, 0.372 on the blind evaluation). Here the procedure (pre-selection, initialisation,
 greedy steps, Nelder-Mead, choice of the best step, bagging) is re-run on four folds' rows
 and scored on the fifth, which no part of it saw. That mean is the number to believe.
@@ -13,15 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bst_search.ensemble.selection import (
+from bst_search.ensemble.scoring import (
     CandidateStats,
-    SelectionOptions,
     candidate_stats,
     check_tensor,
     combine,
     score_pred,
-    select_ensemble,
 )
+from bst_search.ensemble.selection import SelectionOptions, select_ensemble
 
 
 @dataclass

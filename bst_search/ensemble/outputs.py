@@ -9,12 +9,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bst_search.ensemble.methods import DEFAULT_METHOD
 from bst_search.taxonomy import CODES, PROBA_COLUMNS
+from bst_search.tracking.schema import (
+    DATA_FP,
+    ENSEMBLE_FILE,
+    EVAL_FILE,
+    EVAL_FP,
+    FOLD_FP,
+    KIND,
+    KIND_ENSEMBLE,
+    MEMBERS,
+    OOF_FILE,
+    RUN_NAME,
+    SUBMISSION,
+    SUBMISSION_FILE,
+)
 
 if TYPE_CHECKING:
     from bst_search.ensemble.candidates import CandidateSet
 
-OUTPUT_FILES = ("ensemble.json", "oof.parquet", "eval.parquet", "submission.csv",
+OUTPUT_FILES = (ENSEMBLE_FILE, OOF_FILE, EVAL_FILE, SUBMISSION_FILE,
                 "selection_curve.png", "confusion_fine.png", "confusion_top.png")
 
 
@@ -32,12 +47,12 @@ def write_parquets(out: Path, cs: CandidateSet, proba: np.ndarray,
                         "label": np.asarray(CODES, dtype=object)[cs.labels]})
     oof = pd.concat([oof, pd.DataFrame(proba.astype(np.float32), columns=list(PROBA_COLUMNS))],
                     axis=1)
-    oof.to_parquet(out / "oof.parquet", index=False)
+    oof.to_parquet(out / OOF_FILE, index=False)
     if eval_proba is not None:
         ev = pd.concat([pd.DataFrame({"id": cs.eval_ids}),
                         pd.DataFrame(eval_proba.astype(np.float32), columns=list(PROBA_COLUMNS))],
                        axis=1)
-        ev.to_parquet(out / "eval.parquet", index=False)
+        ev.to_parquet(out / EVAL_FILE, index=False)
 
 
 def _members_tag(members: list[dict[str, Any]]) -> str:
@@ -47,25 +62,27 @@ def _members_tag(members: list[dict[str, Any]]) -> str:
 
 
 def log_run(tracking_uri: str, experiment: str, out: Path, report: dict[str, Any], *,
-            status: str, sk_options: dict[str, Any], metrics: dict[str, float | None]) -> str:
-    """One MLflow run tagged bst.kind=ensemble with options, scores and every output file."""
+            status: str, method_params: dict[str, str], metrics: dict[str, float | None]) -> str:
+    """One MLflow run tagged bst.kind=ensemble with options, scores and every output file.
+
+    ``method_params``: what each method adds to the ``ensemble.*`` options (its own options).
+    """
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    method = "" if report["method"] == "greedy" else f"{report['method']}-"
-    tags = {"bst.kind": "ensemble", "bst.data_fp": report["data_fp"],
-            "bst.fold_fp": report["fold_fp"], "bst.eval_fp": report["eval_fp"],
-            "bst.members": _members_tag(report["members"]), "bst.submission": status,
-            "mlflow.runName": f"ensemble-{method}{report['options']['metric']}"}
+    # the default method's run keeps the name every ensemble run had before there were two
+    method = "" if report["method"] == DEFAULT_METHOD else f"{report['method']}-"
+    tags = {KIND: KIND_ENSEMBLE, DATA_FP: report["data_fp"], FOLD_FP: report["fold_fp"],
+            EVAL_FP: report["eval_fp"], MEMBERS: _members_tag(report["members"]),
+            SUBMISSION: status, RUN_NAME: f"{KIND_ENSEMBLE}-{method}{report['options']['metric']}"}
     run = client.create_run(exp.experiment_id, tags=tags)
     rid = run.info.run_id
     try:
         params = {f"ensemble.{k}": str(v) for k, v in report["options"].items()}
         params["ensemble.method"] = report["method"]
-        params.update({f"ensemble.sk_{k}": str(v) for k, v in sk_options.items()
-                       if k not in ("metric", "seed")})  # both already under ensemble.*
+        params.update(method_params)
         params["ensemble.n_candidates"] = str(report["n_candidates"])
         params["ensemble.n_left_out"] = str(len(report["left_out"]))
         now = int(time.time() * 1000)

@@ -1,9 +1,11 @@
 """The coordinator's steps, from a sweep to a submission, on parsed arguments.
 
-Candidates -> greedy selection -> honest nested-CV estimate -> cross-fitted SK fusion (seed
-003) -> the chosen method's (``--method``) OOF and evaluation predictions -> self-checked
+Candidates -> the working set (the candidates any method can pick, in memory) -> every
+registered method (:mod:`~bst_search.ensemble.methods`: greedy selection with its honest
+nested-CV estimate, cross-fitted SK fusion) fitted and scored on the OOF rows, and its
+evaluation (and holdout) rows predicted -> the chosen method's (``--method``) self-checked
 ``submission.csv`` -> ``ensemble.json``, parquets and plots -> an MLflow run tagged
-``bst.kind=ensemble`` -> the printed summary. Both methods are always scored, so the summary
+``bst.kind=ensemble`` -> the printed summary. Every method is scored, so the summary
 compares them whichever one is submitted.
 """
 
@@ -14,27 +16,30 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bst_search import tracking
 from bst_search.ensemble import summary
-from bst_search.ensemble.candidates import CandidateSet, load_candidates, read_eval_ids
-from bst_search.ensemble.holdout import SKInput, score_holdout
-from bst_search.ensemble.honest import honest_estimate
+from bst_search.ensemble.candidates import CandidateSet, load_candidates
+from bst_search.ensemble.holdout import rows_to_predict, score_holdout, split_predictions
+from bst_search.ensemble.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    EnsembleMethod,
+    MethodFit,
+    MethodInput,
+)
 from bst_search.ensemble.outcome import Outcome
 from bst_search.ensemble.outputs import clear_outputs, log_run, write_parquets
-from bst_search.ensemble.selection import (
-    SelectionOptions,
+from bst_search.ensemble.scoring import (
     candidate_stats,
-    combine,
     score_pred,
-    select_ensemble,
     single_scores,
     to_combine_space,
-    working_set,
 )
+from bst_search.ensemble.selection import SelectionOptions, working_set
 from bst_search.ensemble.store import PredictionStore
 from bst_search.ensemble.submission import (
     MemberEval,
@@ -44,11 +49,10 @@ from bst_search.ensemble.submission import (
     tv_distance,
     write_submission,
 )
+from bst_search.ensemble.tables import read_eval_ids
 from bst_search.metrics import evaluate
 from bst_search.taxonomy import CODES
-
-if TYPE_CHECKING:  # torch is imported only when the coordinator runs
-    from bst_search.ensemble.sk_fusion import SKOptions
+from bst_search.tracking.schema import ENSEMBLE_FILE, SUBMISSION_FILE
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     tracking_uri = tracking.tracking_uri(workdir, args.tracking_uri)
     out = Path(args.out) if args.out else workdir / "ensembles" / args.experiment
-    opts, sk_opts, method = _options(args)  # bad options fail before the candidates are loaded
+    opts, methods, method = _options(args)  # bad options fail before the candidates are loaded
     eval_ids = read_eval_ids(args.eval_data) if args.eval_data else None
 
     cs = load_candidates(args.experiment, tracking_uri=tracking_uri,
@@ -65,28 +69,32 @@ def run(args: argparse.Namespace) -> int:
                          fold_fp=args.fold_fp, eval_ids=eval_ids,
                          store_dtype=getattr(args, "store_dtype", "auto"),
                          float32_up_to=opts.top_k or 2**62, progress=True)
-    cs, X, E = load_working_set(cs, opts, sk_top=sk_opts.top, honest=not args.no_honest)
-    res = score_candidates(cs, X, E, opts, sk_opts, method, honest=not args.no_honest)
+    cs, X, E = load_working_set(cs, opts, sk_top=getattr(args, "sk_top", 10),
+                                honest=not args.no_honest)
+    res = score_candidates(cs, X, E, opts, methods, method)
 
     clear_outputs(out)  # never leave a stale submission beside a new ensemble
-    eval_proba, eval_report, status = _submission(res, E, out, args.max_shift)
+    eval_proba, eval_report, status = _submission(res, out, args.max_shift)
     report = summary.build_report(res, args.experiment, eval_report)
-    (out / "ensemble.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / ENSEMBLE_FILE).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     write_parquets(out, cs, res.proba, eval_proba)
     _plots(out, res)
 
     run_id = None
     if not args.no_log:
         metrics = summary.mlflow_metrics(res, report)
+        params = {k: v for m in methods.values() for k, v in m.params().items()}
         run_id = log_run(tracking_uri, args.experiment, out, report, status=status,
-                         sk_options=sk_opts.to_dict(), metrics=metrics)
+                         method_params=params, metrics=metrics)
     summary.print_summary(res, report, experiment=args.experiment,
                              tracking_uri=tracking_uri, out=out, run_id=run_id)
     return 1 if status == "refused" else 0
 
 
-def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str]:
-    """Selection and SK options from the arguments, checked."""
+def _options(args: argparse.Namespace
+             ) -> tuple[SelectionOptions, dict[str, EnsembleMethod], str]:
+    """Selection options, every registered method built from the arguments, and the name of
+    the one to submit; all checked."""
     opts = SelectionOptions(metric=args.metric, init_size=args.init_size, max_size=args.max_size,
                             top_k=args.top_k or None, diversity=getattr(args, "diversity", 0.0),
                             bags=args.bags, bag_fraction=args.bag_fraction,
@@ -94,17 +102,10 @@ def _options(args: argparse.Namespace) -> tuple[SelectionOptions, SKOptions, str
                             nm_maxfev=args.nm_maxfev)
     if not args.max_shift > 0:
         raise ValueError(f"--max-shift must be > 0, got {args.max_shift}")
-    method = getattr(args, "method", "greedy")
-    if method not in summary.METHODS:
-        raise ValueError(f"--method must be one of {summary.METHODS}, got {method!r}")
-    # torch is imported only here: the greedy path and `import bst_search.ensemble` need none
-    from bst_search.ensemble.sk_fusion import SKOptions, pick_device
-
-    sk_opts = SKOptions(top=getattr(args, "sk_top", 10), epochs=getattr(args, "sk_epochs", 30),
-                        seed=args.seed, metric=args.metric,
-                        device=getattr(args, "sk_device", "auto"))
-    pick_device(sk_opts.device)  # a bad --sk-device fails here
-    return opts, sk_opts, method
+    method = getattr(args, "method", DEFAULT_METHOD)
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {tuple(METHODS)}, got {method!r}")
+    return opts, {name: cls.from_args(args, opts) for name, cls in METHODS.items()}, method
 
 
 def load_working_set(cs: CandidateSet, opts: SelectionOptions, *, sk_top: int,
@@ -144,53 +145,47 @@ def read_working_set(store: PredictionStore, eval_store: PredictionStore | None,
 
 
 def score_candidates(cs: CandidateSet, X: np.ndarray, E: np.ndarray | None,
-                     opts: SelectionOptions, sk_opts: SKOptions, method: str, *,
-                     honest: bool = True) -> Outcome:
-    """Greedy selection, its honest estimate and cross-fitted SK fusion on the OOF tensor."""
-    from bst_search.ensemble.sk_fusion import cross_fit
-
+                     opts: SelectionOptions, methods: dict[str, EnsembleMethod],
+                     method: str) -> Outcome:
+    """Every method fitted on the OOF tensor and scored; each predicts the evaluation (and
+    holdout) rows; ``method`` names the one submitted."""
     y = cs.labels
     stats = candidate_stats(X, opts.combine)
-    sel = select_ensemble(X, y, options=opts, stats=stats)
-    hon = honest_estimate(X, y, cs.folds, opts, stats=stats) if honest else None
-    sk, sk_notes, sk_holdout = None, [], None
-    n_folds = int(np.unique(cs.folds).size)
-    if method == "sk" or n_folds >= 2:  # with --method sk, one fold is an error (exit 2)
-        sk_in = SKInput(cs, E, opts.combine) if cs.holdout_store is not None else E
-        sk = cross_fit(X, y, cs.folds, sk_opts, log_input=opts.combine == "logit",
-                       eval_X=sk_in, stats=stats)
-        if isinstance(sk_in, SKInput) and sk.eval_proba is not None:
-            sk.eval_proba, sk_holdout = sk_in.split(sk.eval_proba)
-    else:
-        sk_notes.append(f"SK fusion not scored: cross-fitting needs 2 or more OOF folds, "
-                        f"got {n_folds}")
+    data = MethodInput(X=X, y=y, folds=cs.folds, stats=stats, combine=opts.combine)
+    fits, notes = fit_methods(methods, data, method)
+    rows = rows_to_predict(cs, E, opts.combine)
+    if rows is not None:
+        for name, fit in fits.items():
+            fit.eval_proba, fit.holdout = split_predictions(rows, methods[name].predict(fit, rows))
 
     all_rows = np.arange(len(y))
-    greedy_proba = combine(X, sel.weights, None, opts.combine)
-    greedy_ens = evaluate(y, greedy_proba)
-    sk_ens = evaluate(y, sk.oof) if sk is not None else None
-    if method == "sk":
-        assert sk is not None and sk_ens is not None
-        proba, ens = sk.oof, sk_ens
-        members, counts, weights = sk.members, sk.uses, sk.weight
-    else:
-        proba, ens = greedy_proba, greedy_ens
-        members = np.flatnonzero(sel.weights > 0)
-        members = members[np.lexsort((members, -sel.weights[members]))]
-        counts, weights = sel.counts, sel.weights
     single_strict = single_scores(stats, y, all_rows, "strict")
     single_official = single_scores(stats, y, all_rows, "official")
     best = int(np.argmax(single_strict if opts.metric == "strict" else single_official))
-    res = Outcome(cs=cs, opts=opts, sk_opts=sk_opts, method=method, sel=sel, hon=hon, sk=sk,
+    res = Outcome(cs=cs, opts=opts, method=method, fits=fits,
+                  scores={name: evaluate(y, fit.oof) for name, fit in fits.items()},
+                  per_fold={name: fold_scores(y, fit.oof.argmax(axis=1), cs.folds, "strict")
+                            for name, fit in fits.items()},
                   single_strict=single_strict, single_official=single_official,
-                  greedy_ens=greedy_ens, sk_ens=sk_ens, proba=proba, ens=ens, members=members,
-                  counts=counts, weights=weights,
                   best_per_fold=fold_scores(y, stats.pred[best], cs.folds, "strict"),
-                  selected_per_fold=fold_scores(y, greedy_proba.argmax(axis=1), cs.folds,
-                                                "strict"),
-                  sk_notes=sk_notes)
-    res.holdout = score_holdout(res, sk_holdout)
+                  notes=notes)
+    res.holdout = score_holdout(res)
     return res
+
+
+def fit_methods(methods: dict[str, EnsembleMethod], data: MethodInput,
+                submitted: str) -> tuple[dict[str, MethodFit], list[str]]:
+    """Each method's fit, and a note for each method that cannot run on ``data``; the
+    submitted one always runs, so that its error stops the coordinator."""
+    fits: dict[str, MethodFit] = {}
+    notes: list[str] = []
+    for name, method in methods.items():
+        reason = method.skip_reason(data)
+        if reason is not None and name != submitted:
+            notes.append(reason)
+            continue
+        fits[name] = method.fit(data)
+    return fits, notes
 
 
 def fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: str) -> list[float]:
@@ -198,17 +193,13 @@ def fold_scores(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, metric: str)
     return [score_pred(y[folds == k], pred[folds == k], metric) for k in np.unique(folds)]
 
 
-def _submission(res: Outcome, E: np.ndarray | None, out: Path,
+def _submission(res: Outcome, out: Path,
                 max_shift: float) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
     """Evaluation predictions of the submitted method and the self-checked submission.csv."""
     cs = res.cs
-    if E is None or cs.eval_ids is None:
+    eval_proba = res.submitted.eval_proba
+    if eval_proba is None or cs.eval_ids is None:
         return None, None, "no evaluation predictions"
-    if res.method == "sk":
-        assert res.sk is not None and res.sk.eval_proba is not None
-        eval_proba = res.sk.eval_proba
-    else:
-        eval_proba = combine(E, res.sel.weights, None, res.opts.combine)
     infos = cs.infos
     sub = build_submission(cs.eval_ids, eval_proba)
     member_evals = [MemberEval(infos[m].run_id, infos[m].trial_id, infos[m].has_eval,
@@ -224,7 +215,7 @@ def _submission(res: Outcome, E: np.ndarray | None, out: Path,
         **{k: dict(zip(CODES, v.round(6).tolist(), strict=True)) for k, v in dist.items()},
         "submission_written": False, "failures": []}
     try:
-        write_submission(sub, out / "submission.csv", cs.eval_ids, members=member_evals,
+        write_submission(sub, out / SUBMISSION_FILE, cs.eval_ids, members=member_evals,
                          oof_pred=oof_pred, max_shift=max_shift)
     except SubmissionCheckError as exc:
         eval_report["failures"] = exc.failures

@@ -1,9 +1,9 @@
 """Greedy forward ensemble selection with replacement (Caruana et al., 2004) on OOF tensors.
 
-The candidate tensor ``X`` has shape (n_candidates, n_samples, 23), float32, in the space in
-which members are averaged: probabilities (``combine="prob"``) or log-probabilities
-(``combine="logit"``, averaged then softmaxed). It is never copied whole: a sweep of 1,000
-trials on 11,000 sounds is already 1 GB.
+The candidate tensor and the helpers that combine and score members are in
+:mod:`~bst_search.ensemble.scoring` (re-exported here, where callers have always found
+them); this module is the search itself: pre-selection, the greedy path, Nelder-Mead weights
+and bagging.
 
 Why it is fast. Adding candidate c to the current ensemble (running sum S of its k members)
 predicts ``argmax_j S[i, j] + X[c, i, j]``. With a = argmax S[i] and margin m = S[i, a] minus
@@ -12,9 +12,6 @@ the runner-up, that prediction can differ from a only if
 argmax runs only for the (candidate, sample) pairs that can change, and the confusion
 matrix of every candidate is the current one plus a sparse correction. The recorded scores
 are exactly those of the definition; the bound only skips work whose result is known.
-
-Every score is computed by :func:`bst_search.metrics.prf_from_confusion` on a 23 x 23
-confusion matrix, the project's one implementation of the DCASE metric.
 """
 
 from __future__ import annotations
@@ -25,12 +22,39 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from bst_search.ensemble.scoring import (
+    COMBINES,
+    LOG_FLOOR,
+    CandidateStats,
+    candidate_stats,
+    check_tensor,
+    combine,
+    score_pred,
+    single_scores,
+    to_combine_space,
+)
 from bst_search.metrics import VARIANTS, confusion_matrix, prf_from_confusion
 from bst_search.taxonomy import N_CLASSES
 
-COMBINES: tuple[str, ...] = ("prob", "logit")
+__all__ = [
+    "COMBINES",
+    "LOG_FLOOR",
+    "WEIGHT_MODES",
+    "CandidateStats",
+    "SelectionOptions",
+    "SelectionResult",
+    "candidate_stats",
+    "check_tensor",
+    "combine",
+    "preselect",
+    "score_pred",
+    "select_ensemble",
+    "single_scores",
+    "to_combine_space",
+    "working_set",
+]
+
 WEIGHT_MODES: tuple[str, ...] = ("none", "nelder-mead")
-LOG_FLOOR = 1e-7  # probabilities are clipped here before the log in logit mode
 _K2 = N_CLASSES * N_CLASSES
 _PAIR_BUDGET = 1 << 19  # (candidate, sample) pairs handled per chunk: bounds temporary memory
 
@@ -78,20 +102,6 @@ class SelectionOptions:
 
 
 @dataclass
-class CandidateStats:
-    """Per-candidate, per-row facts computed once over all rows and reused by every selection.
-
-    Each entry depends on one (candidate, row) or on one row only, so restricting a selection
-    to some rows (the honest estimate) never lets another row's values in.
-    """
-
-    pred: np.ndarray  # (C, N) int8: each candidate's own argmax
-    cmax: np.ndarray  # (C, N) float32: each candidate's max over classes
-    spread: np.ndarray  # (N,) float32: bound on X[c,i,j] - X[c,i,a] over all c, j, a
-    xabs: float  # bound on |X|, for the rounding tolerance
-
-
-@dataclass
 class SelectionResult:
     """Outcome of one selection run on a set of rows."""
 
@@ -104,118 +114,6 @@ class SelectionResult:
     bag_curves: list[list[dict[str, object]]] = field(default_factory=list)
     singles: np.ndarray | None = None  # (C,) single-candidate scores on the selection rows
     pool: np.ndarray | None = None  # candidate indices after --top-k
-
-
-# ---------------------------------------------------------------------------------------
-# input preparation
-
-
-def check_tensor(X: np.ndarray, y: np.ndarray) -> None:
-    """Validate the boundary contract: float32 (C, N, 23) tensor, int labels of length N."""
-    if not isinstance(X, np.ndarray) or X.ndim != 3 or X.shape[2] != N_CLASSES:
-        raise ValueError(f"candidate tensor must have shape (C, N, {N_CLASSES}), got "
-                         f"{getattr(X, 'shape', type(X))}")
-    if X.dtype != np.float32:
-        raise ValueError(f"candidate tensor must be float32 (no float64 copy of it), got {X.dtype}")
-    if not X.flags.c_contiguous:
-        raise ValueError("candidate tensor must be C-contiguous")
-    if X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"candidate tensor is empty: shape {X.shape}")
-    y = np.asarray(y)
-    if y.shape != (X.shape[1],):
-        raise ValueError(f"labels must have shape ({X.shape[1]},), got {y.shape}")
-    if y.size and (y.min() < 0 or y.max() >= N_CLASSES):
-        raise ValueError(f"labels must be class indices in 0..{N_CLASSES - 1}")
-
-
-def to_combine_space(proba: np.ndarray, combine: str) -> np.ndarray:
-    """Turn probabilities into the averaging space, in place (no second 1 GB array).
-
-    ``prob``: unchanged. ``logit``: log of the probabilities clipped at LOG_FLOOR, so that
-    averaging then softmax is the geometric mean of the members' probabilities.
-    """
-    if combine not in COMBINES:
-        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    if combine == "logit":
-        np.maximum(proba, LOG_FLOOR, out=proba)
-        np.log(proba, out=proba)
-    return proba
-
-
-def candidate_stats(X: np.ndarray, combine: str, chunk: int = 32) -> CandidateStats:
-    """One pass over the tensor: each candidate's argmax and max, and the per-row spread."""
-    C, N, _ = X.shape
-    pred = np.empty((C, N), dtype=np.int8)
-    cmax = np.empty((C, N), dtype=np.float32)
-    spread = np.zeros(N, dtype=np.float32)
-    xabs = 1.0
-    for s in range(0, C, chunk):
-        Z = X[s:s + chunk]
-        p = Z.argmax(axis=2)
-        mx = np.take_along_axis(Z, p[..., None], axis=2)[..., 0]
-        pred[s:s + chunk] = p
-        cmax[s:s + chunk] = mx
-        if combine == "prob":  # X >= 0, so X[j] - X[a] <= X[j] <= max
-            np.maximum(spread, mx.max(axis=0), out=spread)
-            xabs = max(xabs, float(np.abs(mx).max()))
-        else:
-            mn = Z.min(axis=2)
-            np.maximum(spread, (mx - mn).max(axis=0), out=spread)
-            xabs = max(xabs, float(np.abs(mn).max()), float(np.abs(mx).max()))
-    return CandidateStats(pred=pred, cmax=cmax, spread=spread, xabs=xabs)
-
-
-# ---------------------------------------------------------------------------------------
-# scoring helpers
-
-
-def score_pred(y: np.ndarray, pred: np.ndarray, metric: str) -> float:
-    """hF of index predictions, through the project's metric."""
-    return prf_from_confusion(confusion_matrix(y, pred), variant=metric)[2]
-
-
-def single_scores(stats: CandidateStats, y: np.ndarray, rows: np.ndarray, metric: str,
-                  candidates: np.ndarray | None = None) -> np.ndarray:
-    """Score of every candidate alone on ``rows``, from the precomputed argmaxes."""
-    cand = np.arange(stats.pred.shape[0]) if candidates is None else np.asarray(candidates)
-    yr = y[rows].astype(np.int64)
-    out = np.empty(len(cand), dtype=np.float64)
-    step = max(1, (1 << 22) // max(len(rows), 1))
-    for s in range(0, len(cand), step):
-        idx = cand[s:s + step]
-        p = stats.pred[idx][:, rows].astype(np.int64)
-        codes = (np.arange(len(idx))[:, None] * _K2 + yr[None, :] * N_CLASSES + p).ravel()
-        cms = np.bincount(codes, minlength=len(idx) * _K2).reshape(len(idx), N_CLASSES, N_CLASSES)
-        for j in range(len(idx)):
-            out[s + j] = prf_from_confusion(cms[j], variant=metric)[2]
-    return out
-
-
-def combine(X: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None,
-            mode: str = "prob") -> np.ndarray:
-    """Ensemble probabilities (n, 23) float64 of the weighted members on ``rows``.
-
-    ``prob``: weighted mean of probabilities. ``logit``: softmax of the weighted mean of
-    log-probabilities (X already holds them).
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (X.shape[0],) or not np.all(np.isfinite(weights)) or weights.min() < 0:
-        raise ValueError("weights must be finite, non-negative, one per candidate")
-    members = np.flatnonzero(weights > 0)
-    if members.size == 0:
-        raise ValueError("weights select no member")
-    n = X.shape[1] if rows is None else len(rows)
-    acc = np.zeros((n, N_CLASSES), dtype=np.float64)
-    for c in members:
-        acc += weights[c] * (X[c] if rows is None else X[c, rows])
-    acc /= weights[members].sum()
-    if mode == "logit":
-        acc -= acc.max(axis=1, keepdims=True)
-        np.exp(acc, out=acc)
-    elif mode != "prob":
-        raise ValueError(f"combine must be one of {COMBINES}, got {mode!r}")
-    acc /= acc.sum(axis=1, keepdims=True)
-    return acc
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,12 +184,31 @@ def working_set(pred: np.ndarray, y: np.ndarray, folds: np.ndarray, opts: Select
 
 @dataclass
 class _Path:
-    picks: list[int]  # pool positions, in order
-    curve: list[dict[str, object]]
-    nm_weights: dict[int, np.ndarray]  # step size -> weights over pool positions
-    best_size: int
-    best_score: float
-    weighted: bool
+    """One greedy path over a pool: its picks, their running sum, and the curve so far."""
+
+    pool: np.ndarray  # global candidate indices the path picks from
+    S: np.ndarray  # (rows, 23) float64: sum of the picked candidates on the selection rows
+    picks: list[int] = field(default_factory=list)  # pool positions, in order
+    curve: list[dict[str, object]] = field(default_factory=list)
+    nm_weights: dict[int, np.ndarray] = field(default_factory=dict)  # step size -> weights
+
+    @property
+    def best_step(self) -> dict[str, object]:
+        """The winning step's curve entry (max() keeps the earliest of tied steps)."""
+        return max(self.curve, key=lambda e: e["score_best"])
+
+    @property
+    def best_size(self) -> int:
+        return int(self.best_step["size"])
+
+    @property
+    def best_score(self) -> float:
+        return float(self.best_step["score_best"])
+
+    @property
+    def weighted(self) -> bool:
+        """True when Nelder-Mead weights won the winning step."""
+        return self.best_size in self.nm_weights
 
 
 class _Context:
@@ -366,6 +283,27 @@ class _Context:
         """
         d = len(members)
         x0 = counts / counts.sum()
+        cm_fixed, buckets = self._viable_buckets(members)
+        w = x0
+        if buckets:  # otherwise no weighting can change a prediction
+            yc = np.concatenate([self.y[r] for r, _, _ in buckets])
+            simplex = np.vstack([x0] + [x0 + np.eye(d)[i] * (0.5 / d) for i in range(d)])
+            res = minimize(self._nm_objective, x0, args=(buckets, cm_fixed, yc),
+                           method="Nelder-Mead",
+                           options={"maxfev": self.opts.nm_maxfev, "initial_simplex": simplex,
+                                    "xatol": 1e-4, "fatol": 1e-9})
+            w = np.abs(np.asarray(res.x, dtype=np.float64))
+            w = w / w.sum() if w.sum() > 0 else x0
+        full = np.zeros(self.X.shape[0], dtype=np.float64)
+        full[members] = w
+        proba = combine(self.X, full, self.rows_or_none, self.opts.combine)
+        return w, score_pred(self.y, proba.argmax(axis=1), self.opts.metric)
+
+    def _viable_buckets(self, members: np.ndarray
+                        ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """Confusion of the rows no weighting can change, and the others bucketed by how
+        many classes can still win them: (rows, their viable classes, member values)."""
+        d = len(members)
         V = self.X[members[:, None], self.rows[None, :]]  # (d, n, 23), d <= max_size
         hi = V.max(axis=0)
         floor = V.min(axis=0).max(axis=1)
@@ -387,84 +325,67 @@ class _Context:
             cls = np.where(np.arange(k)[None, :] < n_viable[r][:, None], cls, cls[:, :1])
             M = V[:, r[:, None], cls].reshape(d, -1)
             buckets.append((r, cls, M))
-        del V, hi, viable
-        yc = np.concatenate([self.y[r] for r, _, _ in buckets]) if buckets else None
+        return cm_fixed, buckets
 
-        def objective(x: np.ndarray) -> float:
-            w = np.abs(x)
-            total = w.sum()
-            if not np.isfinite(total) or total <= 0:
-                return 1.0
-            w32 = (w / total).astype(np.float32)
-            preds = []
-            for r, cls, M in buckets:
-                z = (w32 @ M).reshape(len(r), -1)
-                best = z[:, 0].copy()
-                arg = np.zeros(len(r), dtype=np.int64)
-                for j in range(1, z.shape[1]):
-                    better = z[:, j] > best
-                    arg[better] = j
-                    np.maximum(best, z[:, j], out=best)
-                preds.append(cls[np.arange(len(r)), arg])
-            return -self.prf(cm_fixed + confusion_matrix(yc, np.concatenate(preds)))
-
-        w = x0
-        if buckets:  # otherwise no weighting can change a prediction
-            simplex = np.vstack([x0] + [x0 + np.eye(d)[i] * (0.5 / d) for i in range(d)])
-            res = minimize(objective, x0, method="Nelder-Mead",
-                           options={"maxfev": self.opts.nm_maxfev, "initial_simplex": simplex,
-                                    "xatol": 1e-4, "fatol": 1e-9})
-            w = np.abs(np.asarray(res.x, dtype=np.float64))
-            w = w / w.sum() if w.sum() > 0 else x0
-        full = np.zeros(self.X.shape[0], dtype=np.float64)
-        full[members] = w
-        proba = combine(self.X, full, self.rows_or_none, self.opts.combine)
-        return w, score_pred(self.y, proba.argmax(axis=1), self.opts.metric)
+    def _nm_objective(self, x: np.ndarray,
+                      buckets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      cm_fixed: np.ndarray, yc: np.ndarray) -> float:
+        """Minus the score of weights ``|x|`` (normalised), from the viable classes only."""
+        w = np.abs(x)
+        total = w.sum()
+        if not np.isfinite(total) or total <= 0:
+            return 1.0
+        w32 = (w / total).astype(np.float32)
+        preds = []
+        for r, cls, M in buckets:
+            z = (w32 @ M).reshape(len(r), -1)
+            best = z[:, 0].copy()
+            arg = np.zeros(len(r), dtype=np.int64)
+            for j in range(1, z.shape[1]):
+                better = z[:, j] > best
+                arg[better] = j
+                np.maximum(best, z[:, j], out=best)
+            preds.append(cls[np.arange(len(r)), arg])
+        return -self.prf(cm_fixed + confusion_matrix(yc, np.concatenate(preds)))
 
     def greedy(self, pool: np.ndarray, singles: np.ndarray) -> _Path:
         """One greedy path over ``pool`` (global candidate indices); ``singles`` their scores."""
         opts = self.opts
-        S = np.zeros((len(self.rows), N_CLASSES), dtype=np.float64)
-        picks: list[int] = []
-        curve: list[dict[str, object]] = []
-        nm_weights: dict[int, np.ndarray] = {}
+        path = _Path(pool=pool, S=np.zeros((len(self.rows), N_CLASSES), dtype=np.float64))
         n_init = min(opts.init_size, len(pool))
         order = np.argsort(-singles, kind="stable")
-
-        def add(pos: int) -> None:
-            picks.append(pos)
-            S[...] += self.X[pool[pos], self.rows]
-
-        def record(added: list[int], score: float) -> None:
-            size = len(picks)
-            entry: dict[str, object] = {"size": size, "added": [int(pool[p]) for p in added],
-                                        "score": float(score), "score_nm": None,
-                                        "score_best": float(score)}
-            if opts.weights == "nelder-mead":
-                members, counts = np.unique(np.asarray(picks), return_counts=True)
-                if len(members) >= 2:
-                    w, s_nm = self.nelder_mead(pool[members], counts.astype(np.float64))
-                    entry["score_nm"] = float(s_nm)
-                    if s_nm > score:
-                        entry["score_best"] = float(s_nm)
-                        nm_weights[size] = np.zeros(len(pool))
-                        nm_weights[size][members] = w
-            curve.append(entry)
-
         if n_init > 0:
             for pos in order[:n_init]:
-                add(int(pos))
-            record([int(p) for p in order[:n_init]],
-                   score_pred(self.y, S.argmax(axis=1), opts.metric))
-        while len(picks) < opts.max_size:
-            scores = singles if not picks else self.score_additions(S, pool)
+                self._add(path, int(pos))
+            self._record(path, [int(p) for p in order[:n_init]],
+                         score_pred(self.y, path.S.argmax(axis=1), opts.metric))
+        while len(path.picks) < opts.max_size:
+            scores = singles if not path.picks else self.score_additions(path.S, pool)
             best = int(np.argmax(scores))  # first maximum: lowest candidate position on ties
-            add(best)
-            record([best], float(scores[best]))
-        best_entry = max(curve, key=lambda e: e["score_best"])  # max() keeps the earliest tie
-        size = int(best_entry["size"])
-        return _Path(picks=picks, curve=curve, nm_weights=nm_weights, best_size=size,
-                     best_score=float(best_entry["score_best"]), weighted=size in nm_weights)
+            self._add(path, best)
+            self._record(path, [best], float(scores[best]))
+        return path
+
+    def _add(self, path: _Path, pos: int) -> None:
+        path.picks.append(pos)
+        path.S[...] += self.X[path.pool[pos], self.rows]
+
+    def _record(self, path: _Path, added: list[int], score: float) -> None:
+        """The curve entry of the step just taken, with Nelder-Mead weights when asked for."""
+        size = len(path.picks)
+        entry: dict[str, object] = {"size": size, "added": [int(path.pool[p]) for p in added],
+                                    "score": float(score), "score_nm": None,
+                                    "score_best": float(score)}
+        if self.opts.weights == "nelder-mead":
+            members, counts = np.unique(np.asarray(path.picks), return_counts=True)
+            if len(members) >= 2:
+                w, s_nm = self.nelder_mead(path.pool[members], counts.astype(np.float64))
+                entry["score_nm"] = float(s_nm)
+                if s_nm > score:
+                    entry["score_best"] = float(s_nm)
+                    path.nm_weights[size] = np.zeros(len(path.pool))
+                    path.nm_weights[size][members] = w
+        path.curve.append(entry)
 
 
 def _path_weights(path: _Path, n_pool: int) -> tuple[np.ndarray, np.ndarray]:

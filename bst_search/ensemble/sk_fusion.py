@@ -1,4 +1,4 @@
-"""Selective-kernel (SK) fusion of the candidates' output probabilities (seed 003, MESH).
+"""Selective-kernel (SK) fusion of the candidates' output probabilities (MESH, MESH).
 
 Li et al. (2019) let a network choose, per channel, between branches: fuse the branches
 (U = sum), squeeze U into a small descriptor z, turn z into one attention logit per branch
@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bst_search.ensemble.selection import (
+from bst_search.ensemble.scoring import (
+    CandidateMatrix,
     CandidateStats,
     candidate_stats,
     score_pred,
@@ -241,7 +242,7 @@ def fuse(model: SKFusion, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, mass / max(mass.sum(), _NLL_FLOOR)
 
 
-def gather(X: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
+def gather(X: CandidateMatrix, pool: np.ndarray, rows: np.ndarray | None,
            log_input: bool = False) -> np.ndarray:
     """(C, N, 23) candidate tensor -> (n, M, 23) float32 probabilities of ``pool`` on ``rows``."""
     pool = np.asarray(pool, dtype=np.int64)
@@ -279,6 +280,20 @@ class SKResult:
     device: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    log_input: bool = False  # the fusers read log-probabilities (the greedy path's logit space)
+    fusers: list[SKFusion] = field(default_factory=list, repr=False)  # per fold, pools[k]'s
+
+    def predict(self, X: CandidateMatrix) -> np.ndarray:
+        """(n, 23) float64: the mean of the cross-fit fusers' outputs on other rows of the
+        candidates (C, n, 23), e.g. the evaluation set: the fusers whose OOF rows were scored."""
+        if not self.fusers:
+            raise ValueError("this SK result has no fusers to predict with")
+        out = np.zeros((X.shape[1], N_CLASSES), dtype=np.float64)
+        with _one_cpu_thread(torch.device(self.device)):
+            for pool, model in zip(self.pools, self.fusers, strict=True):
+                out += fuse(model, gather(X, pool, None, self.log_input))[0]
+        out /= len(self.fusers)
+        return out
 
     @property
     def score(self) -> float:
@@ -295,10 +310,16 @@ class SKResult:
         m = np.flatnonzero(self.uses > 0)
         return m[np.lexsort((m, -self.weight[m]))]
 
-    def to_dict(self, names: list[dict[str, str]] | None = None) -> dict[str, Any]:
-        """JSON-ready summary; ``names`` maps candidate index -> {run_id, trial_id}."""
-        def ident(c: int) -> Any:
+    def to_dict(self, names: list[dict[str, str]] | None = None, *,
+                eval_fused: bool | None = None) -> dict[str, Any]:
+        """JSON-ready summary; ``names`` maps candidate index -> {run_id, trial_id};
+        ``eval_fused``: whether :meth:`predict` made the evaluation predictions (default:
+        whether this result holds some)."""
+        def ident(c: int) -> dict[str, str] | int:
             return names[c] if names is not None else int(c)
+
+        if eval_fused is None:
+            eval_fused = self.eval_proba is not None
 
         return {
             "options": self.options.to_dict(), "metric": self.options.metric,
@@ -310,7 +331,7 @@ class SKResult:
             "folds": self.folds, "fold_sizes": self.fold_sizes,
             "pools": [[ident(int(c)) for c in p] for p in self.pools],
             "chosen_epochs": self.chosen_epochs,
-            "eval_fusion": EVAL_FUSION if self.eval_proba is not None else None,
+            "eval_fusion": EVAL_FUSION if eval_fused else None,
             "device": self.device,
             "notes": self.notes,
         }
@@ -318,7 +339,7 @@ class SKResult:
 
 def cross_fit(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
               options: SKOptions | None = None, *, log_input: bool = False,
-              eval_X: np.ndarray | None = None,
+              eval_X: CandidateMatrix | None = None,
               stats: CandidateStats | None = None) -> SKResult:
     """Out-of-fold SK fusion over the OOF folds, and the fused evaluation predictions.
 
@@ -347,30 +368,27 @@ def cross_fit(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
     dev = pick_device(opts.device)
     C = X.shape[0]
     oof = np.zeros((len(y), N_CLASSES), dtype=np.float64)
-    ev = None if eval_X is None else np.zeros((eval_X.shape[1], N_CLASSES), dtype=np.float64)
     weight = np.zeros(C, dtype=np.float64)
     uses = np.zeros(C, dtype=np.int64)
-    res = SKResult(options=opts, oof=oof, eval_proba=ev, folds=[int(f) for f in fold_ids],
+    res = SKResult(options=opts, oof=oof, eval_proba=None, folds=[int(f) for f in fold_ids],
                    fold_sizes=[], pools=[], chosen_epochs=[], per_fold_strict=[],
-                   per_fold_official=[],
-                   hF_strict=0.0, hF=0.0, weight=weight, uses=uses, device=str(dev))
+                   per_fold_official=[], hF_strict=0.0, hF=0.0, weight=weight, uses=uses,
+                   device=str(dev), log_input=log_input)
     with _one_cpu_thread(dev):
-        _cross_fit_folds(X, y, folds, opts, res, log_input=log_input, eval_X=eval_X,
-                         stats=stats, dev=dev)
-    if ev is not None:
-        ev /= len(fold_ids)
+        _cross_fit_folds(X, y, folds, opts, res, stats=stats, dev=dev)
     weight /= weight.sum()
     pred = oof.argmax(axis=1)
     res.hF_strict = score_pred(y, pred, "strict")
     res.hF = score_pred(y, pred, "official")
+    if eval_X is not None:
+        res.eval_proba = res.predict(eval_X)
     res.seconds = time.perf_counter() - t0
     return res
 
 
 def _cross_fit_folds(X: np.ndarray, y: np.ndarray, folds: np.ndarray, opts: SKOptions,
-                     res: SKResult, *, log_input: bool, eval_X: np.ndarray | None,
-                     stats: CandidateStats, dev: torch.device) -> None:
-    """The fold loop of :func:`cross_fit`, filling ``res`` in place."""
+                     res: SKResult, *, stats: CandidateStats, dev: torch.device) -> None:
+    """The fold loop of :func:`cross_fit`, filling ``res`` in place (its fusers included)."""
     top = min(opts.top, X.shape[0])
     for k in res.folds:
         held = np.flatnonzero(folds == k)
@@ -379,16 +397,15 @@ def _cross_fit_folds(X: np.ndarray, y: np.ndarray, folds: np.ndarray, opts: SKOp
         assert np.intersect1d(train, held).size == 0, f"fold {k}: scored rows in training"
         singles = single_scores(stats, y, train, opts.metric)
         pool = np.argsort(-singles, kind="stable")[:top]
-        model = fit_rows(X, y, train, pool, opts, log_input=log_input, device=dev)
-        proba, mass = fuse(model, gather(X, pool, held, log_input))
+        model = fit_rows(X, y, train, pool, opts, log_input=res.log_input, device=dev)
+        proba, mass = fuse(model, gather(X, pool, held, res.log_input))
         res.oof[held] = proba
         res.weight[pool] += mass * len(held)
         res.uses[pool] += 1
-        if res.eval_proba is not None and eval_X is not None:
-            res.eval_proba += fuse(model, gather(eval_X, pool, None, log_input))[0]
         pred = proba.argmax(axis=1)
         res.per_fold_strict.append(score_pred(y[held], pred, "strict"))
         res.per_fold_official.append(score_pred(y[held], pred, "official"))
         res.fold_sizes.append(int(held.size))
         res.pools.append(pool)
         res.chosen_epochs.append(int(model.chosen_epoch))
+        res.fusers.append(model)

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bst_search.ensemble.methods import METHODS, GreedySelection, SKFusionMethod
 from bst_search.ensemble.outputs import OUTPUT_FILES
+from bst_search.tracking.schema import KIND, KIND_ENSEMBLE, SUBMISSION_FILE
 
 if TYPE_CHECKING:
     from bst_search.ensemble.candidates import CandidateInfo
     from bst_search.ensemble.outcome import Outcome
 
-METHODS: tuple[str, ...] = ("greedy", "sk")
 MAX_LISTED = 30  # lines of left-out runs and members printed; ensemble.json has them all
 PREFERRED_PARAMS = ("model.name", "backbones", "model.fusion", "model.head", "loss.alpha",
                     "data.strategy")
@@ -80,16 +81,6 @@ def build_report(res: Outcome, experiment: str,
     cs, opts, sel, hon, sk = res.cs, res.opts, res.sel, res.hon, res.sk
     infos, method, best = cs.infos, res.method, res.best
     keys = _key_params(infos, res.members)
-
-    def ident(c: int) -> dict[str, str]:
-        return {"run_id": infos[c].run_id, "trial_id": infos[c].trial_id}
-
-    sk_report: dict[str, Any] | None = None
-    if sk is not None and res.sk_ens is not None:
-        sk_report = {**sk.to_dict([ident(c) for c in range(len(infos))]),
-                     **_ens_summary(res.sk_ens, opts.metric),
-                     "members": [{**ident(int(m)), "fusers": int(sk.uses[m]),
-                                  "attention": float(sk.weight[m])} for m in sk.members]}
     return {
         "schema": "bst-search/ensemble/1",
         "experiment": experiment,
@@ -102,11 +93,8 @@ def build_report(res: Outcome, experiment: str,
         "honest_score": hon.mean if hon else None,  # greedy, mean over folds; under "honest"
         "sk_score": sk.score if sk else None,  # cross-fitted OOF; details under "sk"
         "submitted": {"method": method, **_ens_summary(res.ens, opts.metric),
-                      "estimate": ("out-of-fold (cross-fitted)" if method == "sk"
-                                   else "optimistic (chosen on these rows); see honest")},
-        "members_meaning": ("count = cross-fit fusers using the candidate, weight = its mean "
-                            "attention on the OOF rows" if method == "sk"
-                            else "count = greedy picks, weight = ensemble weight"),
+                      "estimate": METHODS[method].estimate},
+        "members_meaning": METHODS[method].members_meaning,
         "members": [{
             "run_id": infos[m].run_id, "trial_id": infos[m].trial_id,
             "count": int(res.counts[m]), "weight": float(res.weights[m]),
@@ -117,7 +105,7 @@ def build_report(res: Outcome, experiment: str,
                      "searched_score": float(sel.score), "best_step": sel.best_step,
                      "weighted": bool(sel.weighted), **_fold_stats(res.selected_per_fold)},
         "honest": hon.to_dict() if hon else None,
-        "sk": sk_report,
+        "sk": _sk_report(res),
         "best_single": {"run_id": infos[best].run_id, "trial_id": infos[best].trial_id,
                         "score": float(res.singles[best]),
                         "hF_strict": float(res.single_strict[best]),
@@ -128,8 +116,26 @@ def build_report(res: Outcome, experiment: str,
         "bag_curves": [_curve_json(c, infos) for c in sel.bag_curves] if opts.bags > 1 else [],
         "left_out": [x.to_dict() for x in cs.left_out],
         "eval": eval_report,
-        "notes": cs.notes + [HONEST_NOTE, SCOPE_NOTE, POOLED_NOTE, SK_NOTE] + res.sk_notes,
+        "notes": cs.notes + [HONEST_NOTE, SCOPE_NOTE, POOLED_NOTE, SK_NOTE] + res.notes,
     }
+
+
+def _ident(infos: list[CandidateInfo], c: int) -> dict[str, str]:
+    return {"run_id": infos[c].run_id, "trial_id": infos[c].trial_id}
+
+
+def _sk_report(res: Outcome) -> dict[str, Any] | None:
+    """ensemble.json's "sk": the cross-fit record, its scores and its members; None when SK
+    fusion did not run."""
+    fit, ens, infos = res.sk_fit, res.sk_ens, res.cs.infos
+    if fit is None or ens is None:
+        return None
+    sk = fit.sk
+    record = sk.to_dict([_ident(infos, c) for c in range(len(infos))],
+                        eval_fused=fit.eval_proba is not None)
+    return {**record, **_ens_summary(ens, res.opts.metric),
+            "members": [{**_ident(infos, int(m)), "fusers": int(sk.uses[m]),
+                         "attention": float(sk.weight[m])} for m in sk.members]}
 
 
 def mlflow_metrics(res: Outcome, report: dict[str, Any]) -> dict[str, float | None]:
@@ -207,9 +213,7 @@ def _print_candidates(res: Outcome, report: dict[str, Any], experiment: str,
           f"on {sk.device} in {sk.seconds:.1f} s, {len(sk.members)} distinct candidates used; "
           f"epoch kept of {o.epochs} per fold (0 = plain mean): "
           + ", ".join(map(str, sk.chosen_epochs)))
-    p(f"submitted method: {res.method}"
-      + (" (weight = mean SK attention on the OOF rows, count = fusers using it)"
-         if res.method == "sk" else ""))
+    p(f"submitted method: {res.method}" + METHODS[res.method].member_note)
 
 
 def _print_members(report: dict[str, Any]) -> None:
@@ -232,6 +236,7 @@ def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
     opts = report["options"]
     bs, se, sub = report["best_single"], report["selected"], report["submitted"]
     mark = {m: "  [submitted]" if m == method else "" for m in METHODS}
+    detailed = (GreedySelection.name, SKFusionMethod.name)  # rows of their own below
     w = 42
 
     def row(label: str, pooled: float, per_fold: list[float], official: float, note: str) -> None:
@@ -259,6 +264,9 @@ def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
         for note in report["notes"]:
             if note.startswith("SK fusion not scored"):
                 p(f"  {note}")
+    for name in (n for n in res.fits if n not in detailed):
+        ens = res.scores[name]
+        row(f"{name} (OOF)", ens["hF_strict"], res.per_fold[name], ens["hF"], mark[name])
     if opts["metric"] != "strict":
         if hon:
             p("  greedy honest per fold (official): " + ", ".join(f"{v:.4f}" for v in hon.per_fold))
@@ -313,12 +321,12 @@ def _print_files(report: dict[str, Any], out: Path, run_id: str | None, experime
         p(f"evaluation ({method}): {ev['n']} ids (order: {ev['order']}); predicted-class "
           f"distance to OOF (total variation) {ev['tv_distance']:.4f}, max {ev['max_shift']}")
         if ev["submission_written"]:
-            p(f"  submission.csv written: {out / 'submission.csv'}")
+            p(f"  {SUBMISSION_FILE} written: {out / SUBMISSION_FILE}")
         else:
             p("  SUBMISSION REFUSED:")
             for f in ev["failures"]:
                 p(f"    - {f}")
     p(f"files in {out}: " + ", ".join(n for n in OUTPUT_FILES if (out / n).exists()))
     if run_id:
-        p(f"mlflow run {run_id} (bst.kind=ensemble) in experiment {experiment!r}")
+        p(f"mlflow run {run_id} ({KIND}={KIND_ENSEMBLE}) in experiment {experiment!r}")
 

@@ -5,5 +5,5 @@ text from the metadata), ``backbones`` (the registry: clap_audio, clap_text, pan
 minilm_text), ``compat`` (offline imports of laion_clap and panns_inference), ``checkpoint``
 (safe loading, sha256), ``records`` (decode + policy, embed), ``run`` (manifest, resume,
 in-process loop), ``distributed`` (Ray Data), ``testing`` (random-weight test checkpoints),
-``demo_audio`` (generated clips for the synthetic dataset), ``cli``.
+``cli``. Generated clips to try it on come from :mod:`bst_search.synth.audio`.
 """

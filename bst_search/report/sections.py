@@ -1,7 +1,8 @@
 """The report's sections, each a function of the loaded :class:`~bst_search.report.load.Sweep`
-registered by name with :func:`section`, in page order. Figures are plotly, and Optuna's own
-``optuna.visualization`` figures where one exists (history, importances, parallel
-coordinates, slices)."""
+registered by name with :func:`section`, in page order: what a reader came for first (best
+trials, ensemble, what matters, per class), the sweep's bookkeeping last. Figures are plotly,
+and Optuna's own ``optuna.visualization`` figures where one exists (history, importances,
+parallel coordinates, slices)."""
 
 from __future__ import annotations
 
@@ -70,12 +71,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 @dataclass
 class Section:
-    """One part of the page: its anchor, title, blocks of HTML and how many figures it has."""
+    """One part of the page: its anchor, title, blocks of HTML, how many figures it has and
+    its short name in the page's nav (the title where none is given)."""
 
     id: str
     title: str
     blocks: list[str] = field(default_factory=list)
     figures: int = 0
+    nav: str = ""
 
     def fig(self, fig: Any, height: int = 420) -> None:
         self.blocks.append(f'<div class="figure">{_fig_html(fig, height)}</div>')
@@ -98,65 +101,9 @@ def section(name: str) -> Callable[[Callable[[Sweep], Section]], Callable[[Sweep
     return deco
 
 
-@section("summary")
-def summary_section(s: Sweep) -> Section:
-    import plotly.graph_objects as go
-
-    sec = Section("summary", "Sweep summary")
-    t = s.trials
-    if not len(t):
-        sec.add(_note("No trial run has been logged in this experiment yet."))
-        return sec
-    counts = t["bst_status"].value_counts()
-    order = [k for k in STATUS_ORDER if k in counts] + [k for k in counts.index if k not in STATUS_ORDER]
-    end = t["end"].fillna(time.time() * 1000)
-    wall_h = (end.max() - t["start"].min()) / 3.6e6
-    trial_h = (end - t["start"]) / 3.6e6
-    stats = {"trial runs": len(t), **{f"{k}": int(counts[k]) for k in order},
-             "wall time": _hours(wall_h),
-             "CPU time": _hours(float((trial_h * t["cpus"]).sum())),
-             "GPU time": _hours(float((trial_h * t["gpus"]).sum()))}
-    if s.study is not None:
-        states = pd.Series([tr.state.name for tr in s.study.get_trials(deepcopy=False)]).value_counts()
-        stats["Optuna trials"] = ", ".join(f"{k.lower()} {v}" for k, v in states.items())
-    sec.add('<dl class="stats">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
-                                           for k, v in stats.items()) + "</dl>")
-    fig = go.Figure(go.Bar(x=order, y=[int(counts[k]) for k in order], marker_color="#4c78a8"))
-    fig.update_layout(title="Trials by status", yaxis_title="trials")
-    sec.fig(fig, 320)
-    done = s.complete.sort_values("number")
-    if not len(done):
-        sec.add(_note("No complete trial yet: the objective plots appear with the first one."))
-        return sec
-    if s.study is not None and any(tr.value is not None for tr in s.study.get_trials(deepcopy=False)):
-        from optuna.visualization import plot_optimization_history
-
-        fig = plot_optimization_history(s.study, target_name=s.metric)
-        fig.update_layout(title=f"{s.metric} per Optuna trial number, best so far (Optuna)")
-        sec.fig(fig)
-    else:
-        fig = go.Figure()
-        fig.add_scatter(x=done["number"], y=done[s.metric], mode="markers", name=s.metric,
-                        text=done["name"])
-        fig.add_scatter(x=done["number"], y=_best_so_far(done[s.metric].to_numpy(), s.mode),
-                        mode="lines", line_shape="hv", name="best so far")
-        fig.update_layout(title=f"{s.metric} per trial number", xaxis_title="trial (start order)")
-        sec.fig(fig)
-    fin = done.sort_values("end")
-    minutes = (fin["end"] - t["start"].min()) / 60000
-    fig = go.Figure()
-    fig.add_scatter(x=minutes, y=fin[s.metric], mode="markers", name=s.metric, text=fin["name"])
-    fig.add_scatter(x=minutes, y=_best_so_far(fin[s.metric].to_numpy(), s.mode), mode="lines",
-                    line_shape="hv", name="best so far")
-    fig.update_layout(title=f"{s.metric} against wall time (trial end)",
-                      xaxis_title="minutes since the sweep started", yaxis_title=s.metric)
-    sec.fig(fig)
-    return sec
-
-
 @section("leaderboard")
 def leaderboard_section(s: Sweep) -> Section:
-    sec = Section("leaderboard", f"Leaderboard: top {TOP_N} trials by {s.metric}")
+    sec = Section("leaderboard", f"Leaderboard: top {TOP_N} trials by {s.metric}", nav="Leaderboard")
     top = s.complete.head(TOP_N)
     if not len(top):
         sec.add(_note("No complete trial yet."))
@@ -184,6 +131,118 @@ def leaderboard_section(s: Sweep) -> Section:
     return sec
 
 
+@section("ensemble")
+def ensemble_section(s: Sweep) -> Section:
+    sec = Section("ensemble", "Ensemble")
+    e = s.ensemble
+    if e is None:
+        sec.add(_note("No ensemble run yet: run `bst-search ensemble --experiment "
+                      f"{s.experiment}` and build the report again."))
+        return sec
+    metric = e["options"]["metric"]
+    hon = e.get("honest")
+    sec.fig(_selection_curve_fig(e, metric))
+    sec.fig(_methods_fig(s, e, metric), 380)
+    members = pd.DataFrame([{
+        "trial": f'<a href="{html.escape(s.run_url(m["run_id"]))}">{html.escape(m["trial_id"] or m["run_id"][:8])}</a>',
+        "weight": f"{m['weight']:.3f}", "count": m["count"],
+        "single hF": _fmt(m["oof_hF_strict" if metric == "strict" else "oof_hF"]),
+        **{k: html.escape(_value(v)) for k, v in m["params"].items() if v is not None}}
+        for m in e["members"]])
+    sec.add(f"<h3>Members ({e['method']}; {html.escape(e['members_meaning'])})</h3>")
+    sec.add(_table(members.fillna(""), "small", raw=set(members.columns)))
+    _submission_checks(sec, e.get("eval"))
+    if s.eval_score:
+        sc = s.eval_score
+        sec.add(f'<p class="eval">Evaluation labels: official hF <b>{sc["hF"]:.4f}</b> (strict '
+                f'{sc["hF_strict"]:.4f}); gap to the honest estimate '
+                f'{abs(sc["hF"] - (hon["mean"] if hon else e["selected_score"])):.4f}.</p>')
+    else:
+        sec.add(_note("Evaluation score: no labels given (bst-search report --eval-labels FILE)."))
+    if e.get("left_out"):
+        sec.add(_note(f"{len(e['left_out'])} runs were left out of the candidates; see "
+                      f"ensemble.json of run {s.ensemble_run.info.run_id}."))
+    return sec
+
+
+def _selection_curve_fig(e: dict[str, Any], metric: str) -> Any:
+    """The greedy selection curve against the best single trial and the honest band."""
+    import plotly.graph_objects as go
+
+    curve = pd.DataFrame(e["curve"])
+    hon = e.get("honest")
+    best = e["best_single"]["score"]
+    fig = go.Figure()
+    fig.add_scatter(x=curve["size"], y=curve["score"], mode="lines+markers", name="selected (greedy)")
+    if curve["score_nm"].notna().any():
+        fig.add_scatter(x=curve["size"], y=curve["score_nm"], mode="markers",
+                        name="selected + Nelder-Mead weights")
+    fig.add_hline(y=best, line_dash="dot", line_color="gray",
+                  annotation_text=f"best single {best:.4f}")
+    if hon:
+        fig.add_hrect(y0=hon["mean"] - hon["std"], y1=hon["mean"] + hon["std"],
+                      fillcolor="green", opacity=0.12, line_width=0)
+        fig.add_hline(y=hon["mean"], line_color="green",
+                      annotation_text=f"honest {hon['mean']:.4f} ± {hon['std']:.4f}")
+    fig.update_layout(title=f"Selection curve ({metric} hF): selected vs honest vs best single",
+                      xaxis_title="ensemble size (greedy step)", yaxis_title=f"OOF {metric} hF")
+    return fig
+
+
+def _methods_fig(s: Sweep, e: dict[str, Any], metric: str) -> Any:
+    """Best single, greedy selected and honest, SK fusion, evaluation: one bar each."""
+    import plotly.graph_objects as go
+
+    hon, sk = e.get("honest"), e.get("sk")
+    bars = [("best single trial", e["best_single"]["score"], None),
+            ("greedy selected (optimistic)", e["selected_score"], None)]
+    # like with like: fold mean ± std of both out-of-fold methods, then their pooled scores
+    if hon:
+        bars.append(("greedy honest, fold mean (nested CV)", hon["mean"], hon["std"]))
+    if sk:
+        bars.append(("SK fusion, fold mean (cross-fitted)", float(np.mean(sk["per_fold"])), sk["std"]))
+    pooled_key = "pooled_hF_strict" if metric == "strict" else "pooled_hF"
+    if hon and hon.get(pooled_key) is not None:
+        bars.append(("greedy honest, pooled", hon[pooled_key], None))
+    if sk:
+        bars.append(("SK fusion, pooled", sk["score"], None))
+    if s.eval_score:
+        bars.append(("submission on evaluation labels (official)", s.eval_score["hF"], None))
+    fig = go.Figure(go.Bar(x=[b[0] for b in bars], y=[b[1] for b in bars],
+                           error_y={"array": [b[2] or 0 for b in bars], "visible": True},
+                           text=[f"{b[1]:.4f}" for b in bars], textposition="outside",
+                           marker_color=["#999", "#f58518", "#54a24b", "#4c78a8", "#54a24b", "#4c78a8",
+                                         "#b279a2"][:len(bars)]))
+    lo = min(b[1] for b in bars)
+    fig.update_layout(title=f"Greedy vs SK fusion ({metric} hF; submitted: {e['method']})",
+                      yaxis_range=[max(0.0, lo - 0.05), min(1.0, max(b[1] for b in bars) + 0.03)])
+    return fig
+
+
+def _submission_checks(sec: Section, ev: dict[str, Any] | None) -> None:
+    """The submission's self-checks and its predicted-class shift, eval vs OOF."""
+    import plotly.graph_objects as go
+
+    if ev is None:
+        sec.add(_note("No evaluation predictions: no submission was written."))
+        return
+    ok = ev["submission_written"]
+    checks = [("every evaluation id once, valid codes, members with evaluation predictions",
+               "passed" if ok else "see failures"),
+              (f"predicted-class shift eval vs OOF (total variation) <= {ev['max_shift']}",
+               f"{ev['tv_distance']:.4f}"),
+              ("submission.csv", "written" if ok else "REFUSED")]
+    checks += [("failure", f) for f in ev["failures"]]
+    sec.add(f"<h3>Submission self-checks ({ev['n']} ids, order {html.escape(str(ev['order']))})</h3>"
+            + _table(pd.DataFrame(checks, columns=["check", "result"]), "small"))
+    fig = go.Figure()
+    fig.add_bar(x=list(CODES), y=[ev["oof_distribution"][c] for c in CODES], name="OOF")
+    fig.add_bar(x=list(CODES), y=[ev["eval_distribution"][c] for c in CODES], name="evaluation")
+    fig.update_layout(title="Predicted class distribution: OOF vs evaluation", barmode="group",
+                      yaxis_tickformat=".0%")
+    sec.fig(fig, 360)
+
+
 @section("matters")
 def matters_section(s: Sweep) -> Section:
     import plotly.express as px
@@ -196,17 +255,7 @@ def matters_section(s: Sweep) -> Section:
     study_ok = s.study is not None and sum(t.value is not None for t in s.study.get_trials(
         deepcopy=False)) >= 2
     if study_ok:
-        import optuna
-        from optuna.visualization import plot_param_importances
-
-        try:
-            evaluator = (optuna.importance.PedAnovaImportanceEvaluator() if len(done) > 300
-                         else None)  # fANOVA's forest grows slow beyond a few hundred trials
-            fig = plot_param_importances(s.study, evaluator=evaluator, target_name=s.metric)
-            fig.update_layout(title="Parameter importances (optuna.importance)")
-            sec.fig(fig, 360)
-        except (RuntimeError, ValueError) as exc:
-            sec.add(_note(f"importances not computed: {exc}"))
+        _importances(sec, s, len(done))
     else:
         sec.add(_note("Parameter importances need the sweep's Optuna study: "
                       + "; ".join(m for m in s.missing if m.startswith("Optuna")) or "not found"))
@@ -252,6 +301,28 @@ def matters_section(s: Sweep) -> Section:
     return sec
 
 
+def _importances(sec: Section, s: Sweep, n_done: int) -> None:
+    """Optuna's importances; a line instead of a chart of one bar (one parameter takes it all)."""
+    import optuna
+    from optuna.visualization import plot_param_importances
+
+    try:
+        evaluator = (optuna.importance.PedAnovaImportanceEvaluator() if n_done > 300
+                     else None)  # fANOVA's forest grows slow beyond a few hundred trials
+        fig = plot_param_importances(s.study, evaluator=evaluator, target_name=s.metric)
+    except (RuntimeError, ValueError) as exc:
+        sec.add(_note(f"importances not computed: {exc}"))
+        return
+    names = list(dict.fromkeys(n for tr in fig.data for n in (tr.y if tr.y is not None else ())))
+    if len(names) >= 2:
+        fig.update_layout(title="Parameter importances (optuna.importance)")
+        sec.fig(fig, 360)
+    else:
+        sec.add(_note("Parameter importances: " + (
+            f"{names[0]} is the only parameter every complete trial has, so it takes all of "
+            "the importance" if names else "no parameter is shared by every complete trial")))
+
+
 def _param_kinds(study: Any) -> dict[str, str]:
     """numeric or categorical per parameter, from the study's distributions."""
     if study is None:
@@ -264,9 +335,6 @@ def _param_kinds(study: Any) -> dict[str, str]:
             out[k] = "categorical" if isinstance(d, CategoricalDistribution) else "numeric"
     return out
 
-
-def _hours(h: float) -> str:
-    return f"{h:.2f} h" if h >= 1 else f"{h * 60:.1f} min"
 
 
 def _confusions(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -344,95 +412,82 @@ def per_class_section(s: Sweep) -> Section:
     return sec
 
 
-@section("ensemble")
-def ensemble_section(s: Sweep) -> Section:
-    import plotly.graph_objects as go
-
-    sec = Section("ensemble", "Ensemble")
-    e = s.ensemble
-    if e is None:
-        sec.add(_note("No ensemble run yet: run `bst-search ensemble --experiment "
-                      f"{s.experiment}` and build the report again."))
+@section("sweep")
+def sweep_section(s: Sweep) -> Section:
+    """The sweep's bookkeeping, last: progress over time, trials by status, timings."""
+    sec = Section("sweep", "Sweep: progress, trial statuses and timings", nav="Sweep")
+    t = s.trials
+    if not len(t):
+        sec.add(_note("No trial run has been logged in this experiment yet."))
         return sec
-    metric = e["options"]["metric"]
-    curve = pd.DataFrame(e["curve"])
-    hon = e.get("honest")
-    best = e["best_single"]["score"]
-    fig = go.Figure()
-    fig.add_scatter(x=curve["size"], y=curve["score"], mode="lines+markers", name="selected (greedy)")
-    if curve["score_nm"].notna().any():
-        fig.add_scatter(x=curve["size"], y=curve["score_nm"], mode="markers",
-                        name="selected + Nelder-Mead weights")
-    fig.add_hline(y=best, line_dash="dot", line_color="gray",
-                  annotation_text=f"best single {best:.4f}")
-    if hon:
-        fig.add_hrect(y0=hon["mean"] - hon["std"], y1=hon["mean"] + hon["std"],
-                      fillcolor="green", opacity=0.12, line_width=0)
-        fig.add_hline(y=hon["mean"], line_color="green",
-                      annotation_text=f"honest {hon['mean']:.4f} ± {hon['std']:.4f}")
-    fig.update_layout(title=f"Selection curve ({metric} hF): selected vs honest vs best single",
-                      xaxis_title="ensemble size (greedy step)", yaxis_title=f"OOF {metric} hF")
-    sec.fig(fig)
-    bars = [("best single trial", best, None), ("greedy selected (optimistic)", e["selected_score"], None)]
-    # like with like: fold mean ± std of both out-of-fold methods, then their pooled scores
-    sk = e.get("sk")
-    if hon:
-        bars.append(("greedy honest, fold mean (nested CV)", hon["mean"], hon["std"]))
-    if sk:
-        bars.append(("SK fusion, fold mean (cross-fitted)", float(np.mean(sk["per_fold"])), sk["std"]))
-    pooled_key = "pooled_hF_strict" if metric == "strict" else "pooled_hF"
-    if hon and hon.get(pooled_key) is not None:
-        bars.append(("greedy honest, pooled", hon[pooled_key], None))
-    if sk:
-        bars.append(("SK fusion, pooled", sk["score"], None))
-    if s.eval_score:
-        bars.append(("submission on evaluation labels (official)", s.eval_score["hF"], None))
-    fig = go.Figure(go.Bar(x=[b[0] for b in bars], y=[b[1] for b in bars],
-                           error_y={"array": [b[2] or 0 for b in bars], "visible": True},
-                           text=[f"{b[1]:.4f}" for b in bars], textposition="outside",
-                           marker_color=["#999", "#f58518", "#54a24b", "#4c78a8", "#54a24b", "#4c78a8",
-                                         "#b279a2"][:len(bars)]))
-    lo = min(b[1] for b in bars)
-    fig.update_layout(title=f"Greedy vs SK fusion ({metric} hF; submitted: {e['method']})",
-                      yaxis_range=[max(0.0, lo - 0.05), min(1.0, max(b[1] for b in bars) + 0.03)])
-    sec.fig(fig, 380)
-    members = pd.DataFrame([{
-        "trial": f'<a href="{html.escape(s.run_url(m["run_id"]))}">{html.escape(m["trial_id"] or m["run_id"][:8])}</a>',
-        "weight": f"{m['weight']:.3f}", "count": m["count"],
-        "single hF": _fmt(m["oof_hF_strict" if metric == "strict" else "oof_hF"]),
-        **{k: html.escape(_value(v)) for k, v in m["params"].items() if v is not None}}
-        for m in e["members"]])
-    sec.add(f"<h3>Members ({e['method']}; {html.escape(e['members_meaning'])})</h3>")
-    sec.add(_table(members.fillna(""), "small", raw=set(members.columns)))
-    ev = e.get("eval")
-    if ev is None:
-        sec.add(_note("No evaluation predictions: no submission was written."))
+    counts = t["bst_status"].value_counts()
+    order = [k for k in STATUS_ORDER if k in counts] + [k for k in counts.index if k not in STATUS_ORDER]
+    sec.add(_sweep_stats(s, counts, order))
+    if len(order) < 2:  # one bar says no more than a line
+        sec.add(_note(f"{'all ' if len(t) > 1 else ''}{len(t)} trial run{'s' * (len(t) > 1)}: "
+                      f"{order[0]}"))
+    done = s.complete.sort_values("number")
+    if len(done) >= 2:
+        _progress_figs(sec, s, done)
+    elif len(done):
+        sec.add(_note(f"One complete trial so far ({done['name'].iloc[0]}, {s.metric} "
+                      f"{done[s.metric].iloc[0]:.4f}): the progress plots appear with the second."))
     else:
-        ok = ev["submission_written"]
-        checks = [("every evaluation id once, valid codes, members with evaluation predictions",
-                   "passed" if ok else "see failures"),
-                  (f"predicted-class shift eval vs OOF (total variation) <= {ev['max_shift']}",
-                   f"{ev['tv_distance']:.4f}"),
-                  ("submission.csv", "written" if ok else "REFUSED")]
-        checks += [("failure", f) for f in ev["failures"]]
-        sec.add(f"<h3>Submission self-checks ({ev['n']} ids, order {html.escape(str(ev['order']))})</h3>"
-                + _table(pd.DataFrame(checks, columns=["check", "result"]), "small"))
-        fig = go.Figure()
-        fig.add_bar(x=list(CODES), y=[ev["oof_distribution"][c] for c in CODES], name="OOF")
-        fig.add_bar(x=list(CODES), y=[ev["eval_distribution"][c] for c in CODES], name="evaluation")
-        fig.update_layout(title="Predicted class distribution: OOF vs evaluation", barmode="group",
-                          yaxis_tickformat=".0%")
-        sec.fig(fig, 360)
-    if s.eval_score:
-        sc = s.eval_score
-        sec.add(f'<p class="eval">Evaluation labels: official hF <b>{sc["hF"]:.4f}</b> (strict '
-                f'{sc["hF_strict"]:.4f}); gap to the honest estimate '
-                f'{abs(sc["hF"] - (hon["mean"] if hon else e["selected_score"])):.4f}.</p>')
-    else:
-        sec.add(_note("Evaluation score: no labels given (bst-search report --eval-labels FILE)."))
-    if e.get("left_out"):
-        sec.add(_note(f"{len(e['left_out'])} runs were left out of the candidates; see "
-                      f"ensemble.json of run {s.ensemble_run.info.run_id}."))
+        sec.add(_note("No complete trial yet: the objective plots appear with the first one."))
+    if len(order) >= 2:
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Bar(x=order, y=[int(counts[k]) for k in order], marker_color="#4c78a8"))
+        fig.update_layout(title="Trials by status", yaxis_title="trials")
+        sec.fig(fig, 320)
     return sec
 
 
+def _sweep_stats(s: Sweep, counts: pd.Series, order: list[str]) -> str:
+    """Trial counts per status, wall, CPU and GPU time, Optuna's trial states."""
+    t = s.trials
+    end = t["end"].fillna(time.time() * 1000)
+    wall_h = (end.max() - t["start"].min()) / 3.6e6
+    trial_h = (end - t["start"]) / 3.6e6
+    stats = {"trial runs": len(t), **{f"{k}": int(counts[k]) for k in order},
+             "wall time": _hours(wall_h),
+             "CPU time": _hours(float((trial_h * t["cpus"]).sum())),
+             "GPU time": _hours(float((trial_h * t["gpus"]).sum()))}
+    if s.study is not None:
+        states = pd.Series([tr.state.name for tr in s.study.get_trials(deepcopy=False)]).value_counts()
+        stats["Optuna trials"] = ", ".join(f"{k.lower()} {v}" for k, v in states.items())
+    return '<dl class="stats">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
+                                          for k, v in stats.items()) + "</dl>"
+
+
+def _progress_figs(sec: Section, s: Sweep, done: pd.DataFrame) -> None:
+    """The objective per trial number (Optuna's history) and against wall time."""
+    import plotly.graph_objects as go
+
+    if s.study is not None and any(tr.value is not None for tr in s.study.get_trials(deepcopy=False)):
+        from optuna.visualization import plot_optimization_history
+
+        fig = plot_optimization_history(s.study, target_name=s.metric)
+        fig.update_layout(title=f"{s.metric} per Optuna trial number, best so far (Optuna)")
+        sec.fig(fig)
+    else:
+        fig = go.Figure()
+        fig.add_scatter(x=done["number"], y=done[s.metric], mode="markers", name=s.metric,
+                        text=done["name"])
+        fig.add_scatter(x=done["number"], y=_best_so_far(done[s.metric].to_numpy(), s.mode),
+                        mode="lines", line_shape="hv", name="best so far")
+        fig.update_layout(title=f"{s.metric} per trial number", xaxis_title="trial (start order)")
+        sec.fig(fig)
+    fin = done.sort_values("end")
+    minutes = (fin["end"] - s.trials["start"].min()) / 60000
+    fig = go.Figure()
+    fig.add_scatter(x=minutes, y=fin[s.metric], mode="markers", name=s.metric, text=fin["name"])
+    fig.add_scatter(x=minutes, y=_best_so_far(fin[s.metric].to_numpy(), s.mode), mode="lines",
+                    line_shape="hv", name="best so far")
+    fig.update_layout(title=f"{s.metric} against wall time (trial end)",
+                      xaxis_title="minutes since the sweep started", yaxis_title=s.metric)
+    sec.fig(fig)
+
+
+def _hours(h: float) -> str:
+    return f"{h:.2f} h" if h >= 1 else f"{h * 60:.1f} min"

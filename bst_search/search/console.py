@@ -59,7 +59,8 @@ class Console(tune.Callback):
 
     def __init__(self, metric: str, mode: str, n_folds: int, trials: int, *,
                  budget_s: float | None = None, live: bool = True,
-                 stream: IO[str] | None = None, t0: float | None = None) -> None:
+                 stream: IO[str] | None = None, t0: float | None = None,
+                 register: bool = True) -> None:
         self.metric, self.mode, self.n_folds, self.trials = metric, mode, n_folds, trials
         self.budget_s, self.budget_hit = budget_s, False
         self.stream = stream or sys.stdout
@@ -79,7 +80,8 @@ class Console(tune.Callback):
                               transient=True)
             self._live.start()
         self._last_view = 0.0
-        _LIVE[:] = [self]
+        if register:
+            _LIVE[:] = [self]
 
     # -- pickling: Tune keeps its callbacks in tuner.pkl; a restored Tuner reports to the
     # -- driver's live console
@@ -90,7 +92,7 @@ class Console(tune.Callback):
         if _LIVE:
             self.__dict__ = _LIVE[0].__dict__
         else:  # restored outside a driver: an inert console
-            self.__init__("oof_hF_strict", "max", 0, 0, live=False)
+            self.__init__("oof_hF_strict", "max", 0, 0, live=False, register=False)
 
     # -- Tune hooks ------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -176,8 +178,8 @@ class Console(tune.Callback):
             self._print(f"[{time.strftime('%H:%M:%S')}] {self.view_line()}")
             self._last_view = now
 
-    def _print(self, line: str) -> None:
-        if not self.enabled:
+    def _print(self, line: str, always: bool = False) -> None:
+        if not (self.enabled or always):
             return
         if self._live is not None:
             self._live.console.print(line, highlight=False, markup=False)
@@ -190,7 +192,7 @@ class Console(tune.Callback):
         if time.monotonic() - self.t0 >= self.budget_s:
             self.budget_hit = True
             self._print(f"time budget of {_clock(self.budget_s)} reached: stopping the sweep; "
-                        f"running trials stop resumable")
+                        f"running trials stop resumable", always=True)
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune ends the run as on Ctrl-C
 
     def close(self) -> None:

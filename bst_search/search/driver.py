@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,13 @@ from bst_search.search.summary import SweepSummary, close_sweep, summarize
 from bst_search.search.trainable import FAIL_ENV, FAULT_ENV, SLOW_ENV, trial_fn
 
 if TYPE_CHECKING:
+    from ray import tune
+
     from bst_search.search.console import Console
     from bst_search.search.mlflow_logger import MlflowTrialLogger
     from bst_search.search.state import Lease
 
+TrialFn = Callable[..., None]  # trial_fn, or a stand-in with its keyword arguments
 SYNC_ENV = "BST_TUNE_SYNC_S"  # seconds between uploads of Tune's experiment state to its storage
 
 # What Ray, Tune and MLflow read when they start; set by prepare_environment() when a sweep
@@ -111,7 +115,7 @@ def concurrency_of(requested: int | None, cpu: float, gpu: float) -> int:
     return max(1, int(min(fits)))
 
 
-def make_trainable(plan: SweepPlan, data: SweepData, trial: Any = trial_fn) -> Any:
+def make_trainable(plan: SweepPlan, data: SweepData, trial: TrialFn = trial_fn) -> Any:
     """The trial function with the data in Ray's object store and the resources it asks for."""
     from ray import tune
 
@@ -123,7 +127,7 @@ def make_trainable(plan: SweepPlan, data: SweepData, trial: Any = trial_fn) -> A
 
 
 def new_tuner(plan: SweepPlan, trainable: Any, callbacks: list[Any], name: str, n: int,
-              warm: list[dict[str, Any]] | None = None) -> Any:
+              warm: list[dict[str, Any]] | None = None) -> tune.Tuner:
     """A fresh Tune experiment ``name`` of ``n`` trials, driven by the sweep's Optuna study."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -186,7 +190,7 @@ class _DefaultTokenAuth(logging.Filter):
 _DEFAULT_TOKEN_AUTH = _DefaultTokenAuth()
 
 
-def fit(tuner: Any, logger: MlflowTrialLogger) -> set[str]:
+def fit(tuner: tune.Tuner, logger: MlflowTrialLogger) -> set[str]:
     """Run one Tune experiment; returns the trials it cut off (Ctrl-C, the time budget)."""
     logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_NO_TRIAL_FILES)
     tuner.fit()
@@ -240,7 +244,7 @@ def _extension(wanted: int, stored: int) -> int:
     return max(0, wanted - stored)
 
 
-def drive(plan: SweepPlan, lease: Lease, trial: Any = trial_fn) -> SweepSummary:
+def drive(plan: SweepPlan, lease: Lease, trial: TrialFn = trial_fn) -> SweepSummary:
     """Steps 3 to 5 of the module docstring, for a planned sweep whose lease this driver holds."""
     from bst_search.search import state
     from bst_search.search.console import Console
@@ -280,7 +284,7 @@ def drive(plan: SweepPlan, lease: Lease, trial: Any = trial_fn) -> SweepSummary:
     return summary
 
 
-def run_search(args: argparse.Namespace, trial: Any = trial_fn) -> SweepSummary:
+def run_search(args: argparse.Namespace, trial: TrialFn = trial_fn) -> SweepSummary:
     """Run (or resume) a sweep; return its summary. ``trial`` replaces
     :func:`~bst_search.search.trainable.trial_fn` (same keyword arguments), for benchmarks of
     the driver alone."""

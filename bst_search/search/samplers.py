@@ -8,23 +8,14 @@ random start-up phase is scaled to the concurrency (:func:`startup_trials`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
+
+from bst_search.registry import Options
 
 MIN_STARTUP = 10  # Optuna's default number of random trials before TPE models anything
 
-SamplerFactory = Callable[[int, int], Any]
-SAMPLERS: dict[str, SamplerFactory] = {}
-
-
-def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    """Make a ``(seed, concurrency) -> optuna sampler`` factory selectable as ``--sampler name``."""
-
-    def deco(fn: SamplerFactory) -> SamplerFactory:
-        SAMPLERS[name] = fn
-        return fn
-
-    return deco
+SAMPLERS = Options("--sampler")  # name -> (seed, concurrency) -> optuna sampler
+register_sampler = SAMPLERS.register
 
 
 def startup_trials(concurrency: int) -> int:
@@ -62,6 +53,4 @@ def _gp(seed: int, concurrency: int) -> Any:
 
 def make_sampler(name: str, seed: int, concurrency: int) -> Any:
     """The Optuna sampler ``--sampler name`` for a sweep running ``concurrency`` trials at once."""
-    if name not in SAMPLERS:
-        raise ValueError(f"--sampler: unknown {name!r}; one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed, concurrency)
+    return SAMPLERS.build(name, seed, concurrency)

@@ -7,21 +7,12 @@ A fold is one Tune training iteration, so the rungs are counted in folds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-SchedulerFactory = Callable[[str, str, int], Any]
-SCHEDULERS: dict[str, SchedulerFactory] = {}
+from bst_search.registry import Options
 
-
-def register_scheduler(name: str) -> Callable[[SchedulerFactory], SchedulerFactory]:
-    """Make a ``(metric, mode, n_folds) -> scheduler`` factory selectable as ``--scheduler name``."""
-
-    def deco(fn: SchedulerFactory) -> SchedulerFactory:
-        SCHEDULERS[name] = fn
-        return fn
-
-    return deco
+SCHEDULERS = Options("--scheduler")  # name -> (metric, mode, n_folds) -> Tune scheduler
+register_scheduler = SCHEDULERS.register
 
 
 @register_scheduler("asha")
@@ -52,6 +43,4 @@ def _fifo(metric: str, mode: str, n_folds: int) -> Any:
 
 def make_scheduler(name: str, metric: str, mode: str, n_folds: int) -> Any:
     """The Tune scheduler ``--scheduler name`` for an objective and a fold count."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"--scheduler: unknown {name!r}; one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](metric, mode, n_folds)
+    return SCHEDULERS.build(name, metric, mode, n_folds)

@@ -46,8 +46,8 @@ _WAL = False  # write_ahead_sqlite() has installed its listener in this process
 def write_ahead_sqlite() -> None:
     """Open every SQLite store of this process (MLflow's, Optuna's) in write-ahead-log mode with
     ``synchronous=NORMAL``. Why: in SQLite's default mode a commit creates, syncs and deletes a
-    journal file; in WAL mode it appends to the log. A sweep commits about 20 times per trial;
-    a commit costs about a fifteenth of the CPU (docs/benchmarks.md).
+    journal file; in WAL mode it appends to the log, and a sweep commits about 20 times per
+    trial.
     A killed process loses no commit (the log is in the OS's cache), a power cut can lose the
     last ones but never corrupts the file, and readers (the MLflow UI, ``bst-search report``)
     no longer block the writer. The log lives beside the file (``mlflow.db-wal``) until the

@@ -37,3 +37,4 @@ KIND_TRIAL, KIND_ENSEMBLE = "trial", "ensemble"
 OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE, METRICS_FILE = (
     "oof.parquet", "eval.parquet", "holdout.parquet", "config.yaml", "metrics.json")
 ARTIFACTS = (OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE, METRICS_FILE)
+ENSEMBLE_FILE, SUBMISSION_FILE = "ensemble.json", "submission.csv"  # ensemble run artifacts

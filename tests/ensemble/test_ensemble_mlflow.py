@@ -44,29 +44,18 @@ REFUSED = {
 }
 
 
-def _proba(y: np.ndarray, rng: np.random.Generator, acc: float) -> np.ndarray:
-    """Soft predictions right on about ``acc`` of the rows, wrong errors differ per seed."""
-    n = len(y)
-    target = np.where(rng.random(n) < acc, y, rng.integers(0, N_CLASSES, n))
-    z = rng.normal(0, 0.7, (n, N_CLASSES))
-    z[np.arange(n), target] += 3.0
-    z[np.arange(n), y] += 0.8
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def _oof(seed: int, acc: float) -> pd.DataFrame:
+def _oof(fake_proba, seed: int, acc: float) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"sound_id": DEV_IDS, "fold": FOLDS,
                           "label": np.asarray(CODES, dtype=object)[DEV_Y]})
-    return pd.concat([frame, pd.DataFrame(_proba(DEV_Y, rng, acc).astype(np.float32),
+    return pd.concat([frame, pd.DataFrame(fake_proba(DEV_Y, rng, acc, truth_bump=0.8).astype(np.float32),
                                           columns=list(PROBA_COLUMNS))], axis=1)
 
 
-def _eval(seed: int, acc: float) -> pd.DataFrame:
+def _eval(fake_proba, seed: int, acc: float) -> pd.DataFrame:
     rng = np.random.default_rng(1000 + seed)
     return pd.concat([pd.DataFrame({"id": EVAL_IDS}),
-                      pd.DataFrame(_proba(EVAL_Y, rng, acc).astype(np.float32),
+                      pd.DataFrame(fake_proba(EVAL_Y, rng, acc, truth_bump=0.8).astype(np.float32),
                                    columns=list(PROBA_COLUMNS))], axis=1)
 
 
@@ -99,7 +88,7 @@ def _log_trial(client, exp_id: str, tmp: Path, name: str, *, oof: pd.DataFrame |
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fake_proba):
     from mlflow.tracking import MlflowClient
 
     root = tmp_path_factory.mktemp("store")
@@ -112,9 +101,9 @@ def store(tmp_path_factory):
     art.mkdir()
     runs: dict[str, str] = {}
     for i, name in enumerate(GOOD):
-        runs[name] = _log_trial(client, exp_id, art, name, oof=_oof(i, 0.55 + 0.05 * i),
-                                ev=_eval(i, 0.55 + 0.05 * i), model=f"m{i % 2}")
-    base, ev = _oof(9, 0.7), _eval(9, 0.7)
+        runs[name] = _log_trial(client, exp_id, art, name, oof=_oof(fake_proba, i, 0.55 + 0.05 * i),
+                                ev=_eval(fake_proba, i, 0.55 + 0.05 * i), model=f"m{i % 2}")
+    base, ev = _oof(fake_proba, 9, 0.7), _eval(fake_proba, 9, 0.7)
     runs["other_data"] = _log_trial(client, exp_id, art, "other_data", oof=base, ev=ev, data_fp="D2")
     runs["other_fold"] = _log_trial(client, exp_id, art, "other_fold", oof=base, ev=ev, fold_fp="F2")
     runs["incomplete"] = _log_trial(client, exp_id, art, "incomplete", oof=base.iloc[3:], ev=ev)
@@ -158,7 +147,7 @@ def store(tmp_path_factory):
             "order": order, "labels": root / "eval_labels.csv", "root": root}
 
 
-def test_candidates_refused_and_listed_with_reasons(store, tmp_path):
+def test_candidates_refused_and_listed_with_reasons(fake_proba, store, tmp_path):
     cs = load_candidates("exp", tracking_uri=store["uri"], cache_dir=tmp_path / "cache",
                          eval_ids=read_eval_ids(store["eval_root"]))
     assert [i.trial_id for i in cs.infos] == list(GOOD)
@@ -173,18 +162,18 @@ def test_candidates_refused_and_listed_with_reasons(store, tmp_path):
     assert np.array_equal(cs.labels, DEV_Y) and np.array_equal(cs.folds, FOLDS)
     assert cs.eval_proba.shape == (4, N_EVAL, N_CLASSES)
     assert cs.eval_ids.tolist() == EVAL_IDS[store["order"]].tolist()
-    ev0 = _eval(0, 0.55)[list(PROBA_COLUMNS)].to_numpy(np.float32)
+    ev0 = _eval(fake_proba, 0, 0.55)[list(PROBA_COLUMNS)].to_numpy(np.float32)
     # stored in float16 by default: equal to the source rounded once, off by < 2^-11 of it
     assert np.array_equal(cs.eval_proba[0], ev0[store["order"]].astype(np.float16).astype(np.float32))
     assert np.allclose(cs.eval_proba[0], ev0[store["order"]], rtol=2.0**-11, atol=0)
     assert cs.infos[0].backbones_config == ["clap_audio", "clap_text"]
 
 
-def test_rows_aligned_to_the_first_candidate_order(store, tmp_path):
+def test_rows_aligned_to_the_first_candidate_order(fake_proba, store, tmp_path):
     cs = load_candidates("exp", tracking_uri=store["uri"], cache_dir=tmp_path / "cache",
                          store_dtype="float32")
     assert cs.sound_ids.tolist() == DEV_IDS.tolist()
-    good2 = _oof(2, 0.65)[list(PROBA_COLUMNS)].to_numpy(np.float32)
+    good2 = _oof(fake_proba, 2, 0.65)[list(PROBA_COLUMNS)].to_numpy(np.float32)
     assert np.array_equal(cs.proba[2], good2)
     assert cs.eval_order.startswith("eval.parquet of trial good0")
     assert cs.eval_ids.tolist() == EVAL_IDS.tolist()

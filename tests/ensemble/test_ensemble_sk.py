@@ -33,23 +33,13 @@ def _labels(n: int = N) -> np.ndarray:
     return np.tile(np.arange(N_CLASSES), n // N_CLASSES + 1)[:n]
 
 
-def _model(y: np.ndarray, rng: np.random.Generator, acc: float) -> np.ndarray:
-    """Softmax of noise with a bump on the truth for about ``acc`` of the rows."""
-    n = len(y)
-    target = np.where(rng.random(n) < acc, y, rng.integers(0, N_CLASSES, n))
-    z = rng.normal(0, 0.7, (n, N_CLASSES))
-    z[np.arange(n), target] += 3.0
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def _good_and_noise(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _good_and_noise(fake_proba, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate 1 is good (80 % right); 0, 2, 3 are confident noise."""
     rng = np.random.default_rng(seed)
     y = _labels()
     folds = rng.permutation(np.arange(N) % 5)
     noise = rng.dirichlet(np.full(N_CLASSES, 0.3), size=(3, N))
-    X = np.stack([noise[0], _model(y, rng, 0.8), noise[1], noise[2]]).astype(np.float32)
+    X = np.stack([noise[0], fake_proba(y, rng, 0.8), noise[1], noise[2]]).astype(np.float32)
     return X, y, folds
 
 
@@ -68,8 +58,8 @@ def test_fused_output_is_a_distribution_and_starts_as_the_mean():
     assert np.allclose(proba.sum(axis=1), 1.0) and mass.sum() == pytest.approx(1.0)
 
 
-def test_learns_to_trust_the_good_candidate():
-    X, y, folds = _good_and_noise()
+def test_learns_to_trust_the_good_candidate(fake_proba):
+    X, y, folds = _good_and_noise(fake_proba)
     singles = [hf_score(y, X[c].argmax(axis=1)) for c in range(4)]
     assert int(np.argmax(singles)) == 1
     assert hf_score(y, X.mean(axis=0).argmax(axis=1)) < singles[1] - 0.1, "noise must hurt"
@@ -86,8 +76,8 @@ def test_learns_to_trust_the_good_candidate():
     assert int(np.argmax(mass)) == 1
 
 
-def test_cross_fitting_never_trains_on_the_scored_fold(monkeypatch):
-    X, y, folds = _good_and_noise(1)
+def test_cross_fitting_never_trains_on_the_scored_fold(fake_proba, monkeypatch):
+    X, y, folds = _good_and_noise(fake_proba, 1)
     fits: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     real_fit, real_rank = sk_mod.fit_rows, sk_mod.single_scores
@@ -142,8 +132,8 @@ def test_top_k_is_ranked_on_the_training_folds_only():
     assert all(p.tolist() == [1] for p in res.pools[1:]), "B wins where fold 0 is training"
 
 
-def test_deterministic_with_a_seed_and_log_input_equivalent():
-    X, y, folds = _good_and_noise(2)
+def test_deterministic_with_a_seed_and_log_input_equivalent(fake_proba):
+    X, y, folds = _good_and_noise(fake_proba, 2)
     E = X[:, :100].copy()
     a = cross_fit(X, y, folds, FAST, eval_X=E)
     b = cross_fit(X, y, folds, FAST, eval_X=E)
@@ -157,8 +147,8 @@ def test_deterministic_with_a_seed_and_log_input_equivalent():
     assert not np.array_equal(other.oof, a.oof)
 
 
-def test_options_and_inputs_are_checked():
-    X, y, folds = _good_and_noise()
+def test_options_and_inputs_are_checked(fake_proba):
+    X, y, folds = _good_and_noise(fake_proba)
     with pytest.raises(ValueError, match="top"):
         SKOptions(top=0)
     with pytest.raises(ValueError, match="at least 2 folds"):

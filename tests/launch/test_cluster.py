@@ -419,7 +419,7 @@ def _sshd_missing() -> str | None:
 
 
 @pytest.mark.skipif(_sshd_missing() is not None, reason=str(_sshd_missing()))
-def test_ray_up_submit_down_on_this_machine() -> None:
+def test_ray_up_submit_down_on_the_local_machine() -> None:
     """launch/local_e2e.sh: sshd, ray up (venv built by the setup commands, launch/setup.sh),
     ray submit of a smoke sweep, runs checked through the head's MLflow server, ray down."""
     r = subprocess.run(["bash", str(ROOT / "launch" / "local_e2e.sh")], cwd=ROOT, capture_output=True,

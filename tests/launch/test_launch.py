@@ -1,7 +1,7 @@
 """launch/cluster.yaml and cluster.local.yaml are valid Ray cluster-launcher files (checked by
 Ray's own schema and the same preparation `ray up` does) and describe the cluster bst-search
 needs; their shared setup (launch/create_databases.py, launch/setup.sh) is run here for real.
-`ray up` -> `ray submit` -> `ray down` itself runs in tests/test_cluster.py."""
+`ray up` -> `ray submit` -> `ray down` itself runs in tests/launch/test_cluster.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from procs import free_port
 from bst_search import report, tracking
 from bst_search.cli import main
 
-SECTION_IDS = ("summary", "leaderboard", "matters", "per_class", "ensemble")
+# page order: what a reader came for first (after the header), the sweep's bookkeeping last
+SECTION_IDS = ("leaderboard", "ensemble", "matters", "per_class", "sweep")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,44 @@ def test_report_is_self_contained_with_every_section(built, small_sweep):
     assert "Ensemble confusion, 23 x 23" in page and "5 top levels" in page
     assert "Selection curve" in page and "Submission self-checks" in page
     assert built["path"].stat().st_size < 20e6
+
+
+def test_sections_in_reading_order(built):
+    """The header (the estimate to believe), then leaderboard, ensemble, what matters, per
+    class, and the sweep's bookkeeping last; the nav lists them in the same order."""
+    page = built["html"]
+    at = [page.index('<header id="header"')] + [page.index(f'<section id="{sid}"')
+                                                for sid in SECTION_IDS]
+    assert at == sorted(at), dict(zip(("header", *SECTION_IDS), at, strict=True))
+    assert list(report.SECTIONS) == list(SECTION_IDS)
+    nav = re.search(r"<nav>(.*?)</nav>", page, re.S).group(1)
+    assert re.findall(r'href="#(\w+)"', nav) == ["header", *SECTION_IDS]
+
+
+def _frame_sweep(statuses: list[str]):
+    """A Sweep built from a small frame of trial runs, one per status given."""
+    import pandas as pd
+
+    n = len(statuses)
+    trials = pd.DataFrame({
+        "run_id": [f"r{i}" for i in range(n)], "trial_id": [f"t{i}" for i in range(n)],
+        "name": [f"trial {i}" for i in range(n)], "bst_status": statuses, "sweep": "s-0",
+        "start": [1e12 + 6e4 * i for i in range(n)], "end": [1e12 + 6e4 * (i + 1) for i in range(n)],
+        "cpus": 1.0, "gpus": 0.0, "number": range(n),
+        "oof_hF_strict": [0.5 + 0.01 * i if st == "complete" else None
+                          for i, st in enumerate(statuses)]})
+    return report.Sweep("frame", "1", "sqlite:///x.db", "http://127.0.0.1:5000", trials, [])
+
+
+def test_one_status_is_a_line_not_a_one_bar_chart():
+    one = report.sections.sweep_section(_frame_sweep(["complete"] * 8))
+    text = "".join(one.blocks)
+    assert "Trials by status" not in text and "all 8 trial runs: complete" in text
+    assert one.figures == 2  # the objective per trial and against wall time
+    assert "Trials by status" not in report.render(_frame_sweep(["complete"] * 8))
+
+    two = report.sections.sweep_section(_frame_sweep(["complete"] * 3 + ["failed"]))
+    assert "Trials by status" in "".join(two.blocks) and two.figures == 3
 
 
 def test_report_is_logged_with_the_ensemble_run(built, small_sweep):
