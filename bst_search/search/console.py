@@ -70,6 +70,7 @@ class Console(tune.Callback):
         self.ended: set[str] = set()
         self.counts = {"done": 0, "running": 0, "pending": 0}
         self.best: tuple[float, str] | None = None
+        self.restarts = 0  # trials Tune started again after a failure
         self.enabled = live
         self._live: Any = None
         if live and self.stream.isatty():
@@ -111,6 +112,14 @@ class Console(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, self.last.get(trial.trial_id) or {}, "error")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed trial Tune starts again (up to --max-failures), from its last checkpoint."""
+        self.restarts += 1
+        last = self.last.get(trial.trial_id) or {}
+        node = str(last.get("node") or "")[:8] or "?"
+        self._print(f"trial {trial.trial_id}  restarted     after a failure (last on node {node}, "
+                    f"{last.get('folds_done', 0)}/{self.n_folds} folds kept)")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         status = [t.status for t in trials]
@@ -198,6 +207,8 @@ class Console(tune.Callback):
     def close(self) -> None:
         if self.enabled and self.counts["done"]:
             self._print(self.view_line())
+        if self.enabled and self.restarts:
+            self._print(f"{self.restarts} trial restart(s) after failures")
         if self._live is not None:
             self._live.stop()
             self._live = None

@@ -228,12 +228,8 @@ def _dev_ids(data: dict[str, Path]) -> list[str]:
 
 
 def _retries(output: str) -> int:
-    """Trial restarts: the sum of Tune's last "# failures" table in the driver's output."""
-    tables = output.split("Number of errored trials:")
-    if len(tables) < 2:
-        return 0
-    last = tables[-1].split("\n\n", 1)[0]
-    return sum(int(n) for n in re.findall(r"^\|\s*\S+\s*\|\s*(\d+)\*?\s*\|", last, re.M))
+    """Trial restarts: the console's line per trial Tune started again after a failure."""
+    return len(re.findall(r"^trial \S+\s+restarted\s", output, re.M))
 
 
 # --------------------------------------------------------------------------- tests

@@ -47,6 +47,18 @@ def test_each_ended_trial_gets_one_record_with_objective_folds_wall_time_and_nod
     assert c.best == (0.71, "a")
 
 
+def test_a_restarted_trial_is_one_line_and_counted_at_the_end() -> None:
+    c, out = _console()
+    a = _trial("a")
+    c.on_trial_result(0, [], a, {"trial_status": "running", "folds_done": 2, "node": "abcdef0123"})
+    c.on_trial_recover(0, [], a)
+    c.counts["done"] = 1
+    c.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "trial a  restarted     after a failure (last on node abcdef01, 2/5 folds kept)"
+    assert lines[-1] == "1 trial restart(s) after failures"
+
+
 def test_the_best_follows_the_objective_direction() -> None:
     c, _ = _console()
     c.mode = "min"

@@ -96,6 +96,7 @@ def test_smoke_sweep_end_to_end_survives_a_dying_worker(tiny_data, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "started a private local Ray" in r.stdout
     assert marker.exists()  # a worker process really died mid-trial and was retried
+    assert re.search(r"^trial \S+\s+restarted\s+after a failure", r.stdout, re.M)  # said so
     assert "MLflow UI" in r.stdout and "oof_hF_strict" in r.stdout
     dev = load_dataset(tiny_data["dev"])
     runs = _check_complete_runs(tracking.tracking_uri(tmp_path), "e2e", 4, list(dev.ids))
