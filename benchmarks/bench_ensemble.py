@@ -11,10 +11,14 @@ written to the float16 on-disk store one by one (argmax kept as written), the wo
 every selection's diverse top-k pool read back in float32, then selection); ``--path
 memory`` holds the whole float32 tensor, for comparison. ``--mlflow R``
 instead times loading R logged trial runs from a local MLflow store, cold and cached.
+``--exhaustive`` instead times exhaustive subset selection (every subset of up to
+``--exhaustive-max-size`` of the ``--exhaustive-top`` best, 793 at 12 and 4; target under
+10 s of CPU on 11,000 rows) and greedy selection on the same candidates, as a ratio.
 
     .venv/bin/python benchmarks/bench_ensemble.py [--candidates 1000] [--samples 11000]
         [--steps 50] [--weights nelder-mead] [--honest] [--path store|memory]
         [--top-k 1000] [--diversity 0.01] [--mlflow R]
+        [--exhaustive [--exhaustive-top 12] [--exhaustive-max-size 4]]
 """
 
 from __future__ import annotations
@@ -24,14 +28,26 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bst_search.ensemble.exhaustive import (
+    ExhaustiveOptions,
+    exhaustive_honest,
+    exhaustive_select,
+    n_subsets,
+)
 from bst_search.ensemble.honest import honest_estimate
 from bst_search.ensemble.run import read_working_set
-from bst_search.ensemble.selection import SelectionOptions, candidate_stats, select_ensemble
+from bst_search.ensemble.selection import (
+    SelectionOptions,
+    candidate_stats,
+    select_ensemble,
+    to_combine_space,
+)
 from bst_search.ensemble.store import PredictionStore
 from bst_search.taxonomy import N_CLASSES
 
@@ -160,6 +176,41 @@ def bench_selection(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cpu(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """fn's result, CPU and wall seconds."""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c, time.perf_counter() - t
+
+
+def bench_exhaustive(args: argparse.Namespace) -> int:
+    """Exhaustive selection beside greedy on the same ``--exhaustive-top`` candidates."""
+    n_top, size = args.exhaustive_top, args.exhaustive_max_size
+    gen, y, folds = make_candidates(n_top, args.samples)
+    X = to_combine_space(np.stack([z.copy() for z in gen]), args.combine)  # one buffer
+    stats = candidate_stats(X, args.combine)
+    eo = ExhaustiveOptions(top=n_top, max_size=size, combine=args.combine)
+    print(f"data: {X.shape} float32, combine {args.combine}; {n_subsets(n_top, size)} subsets "
+          f"of 1..{size} of {n_top}", flush=True)
+    ex, ex_cpu, ex_wall = _cpu(lambda: exhaustive_select(X, y, options=eo, stats=stats))
+    print(f"exhaustive: {ex_cpu:.2f} s CPU ({ex_wall:.2f} s wall) for {ex.n_subsets} subsets; "
+          f"best size {ex.size}, score {ex.score:.4f} (best by size "
+          + ", ".join(f"{v:.4f}" for v in ex.best_by_size) + ")", flush=True)
+    ok = ex_cpu < 10
+    for weights in ("none", "nelder-mead"):
+        opts = SelectionOptions(max_size=args.steps, weights=weights, combine=args.combine)
+        g, g_cpu, g_wall = _cpu(lambda o=opts: select_ensemble(X, y, options=o, stats=stats))
+        print(f"greedy ({args.steps} steps, weights {weights}): {g_cpu:.2f} s CPU "
+              f"({g_wall:.2f} s wall), score {g.score:.4f} at size {g.best_step}; "
+              f"exhaustive / greedy CPU = {ex_cpu / max(g_cpu, 1e-9):.2f}", flush=True)
+    if args.honest:
+        hon, h_cpu, h_wall = _cpu(lambda: exhaustive_honest(X, y, folds, eo, stats=stats))
+        print(f"exhaustive honest estimate (5 nested selections): {h_cpu:.2f} s CPU "
+              f"({h_wall:.2f} s wall), fold mean {hon.mean:.4f}", flush=True)
+    print("PASS" if ok else "FAIL", "(target: exhaustive selection < 10 s CPU)")
+    return 0 if ok else 1
+
+
 def bench_mlflow(args: argparse.Namespace) -> int:
     """Log ``--mlflow`` trial runs with full-size artifacts, then load them cold and cached."""
     import pandas as pd
@@ -213,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store-dir", default=None, help="where the store's file goes (default /tmp)")
     ap.add_argument("--mlflow", type=int, default=0, metavar="R",
                     help="time loading R logged runs from MLflow instead")
+    ap.add_argument("--exhaustive", action="store_true",
+                    help="time exhaustive subset selection beside greedy instead")
+    ap.add_argument("--exhaustive-top", type=int, default=12)
+    ap.add_argument("--exhaustive-max-size", type=int, default=4)
     args = ap.parse_args(argv)
+    if args.exhaustive:
+        return bench_exhaustive(args)
     return bench_mlflow(args) if args.mlflow else bench_selection(args)
 
 

@@ -1,4 +1,5 @@
-"""Ensemble coordinator: greedy forward selection and SK fusion over one experiment's trials.
+"""Ensemble coordinator: greedy forward selection, exhaustive subsets and SK fusion over one
+experiment's trials.
 
 ``add_arguments`` + ``execute(args)`` (or ``main(argv)``) are the ``bst-search ensemble``
 command; ``add_score_arguments`` + ``score_execute(args)`` (or ``score_main(argv)``) the

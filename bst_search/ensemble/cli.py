@@ -59,7 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="what the submission, oof/eval parquets and ensemble.json members "
                              f"come from, one of the registered methods ({', '.join(METHODS)}; "
                              "greedy: greedy forward selection, the default; sk: cross-fitted "
-                             "selective-kernel fusion, from MESH); all are scored either way")
+                             "selective-kernel fusion, from MESH; exhaustive: the best "
+                             "equal-weight subset of the top candidates); all are scored "
+                             "either way")
+    parser.add_argument("--exhaustive-top", type=int, default=12,
+                        help="exhaustive: subsets of the N best single candidates, ranked on "
+                             "the training folds inside the honest estimate (default 12)")
+    parser.add_argument("--exhaustive-max-size", type=int, default=4,
+                        help="exhaustive: every subset of 1..S of them is scored with equal "
+                             "weights (default 4: 793 subsets of 12); --combine applies")
     parser.add_argument("--sk-top", type=int, default=10,
                         help="SK fuses the N best single candidates, ranked on the training "
                              "folds of each cross-fit fold (default 10); bounds its cost")
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; 0 on success, 1 when the submission was refused, 2 on errors."""
     parser = add_arguments(argparse.ArgumentParser(
         prog="python -m bst_search.ensemble",
-        description="Greedy forward ensemble selection over the trials of one experiment."))
+        description="Ensemble selection (greedy, exhaustive, SK fusion) over the trials "
+                    "of one experiment."))
     return execute(parser.parse_args(argv))
 
 

@@ -4,11 +4,16 @@ The score of the selected ensemble is measured on the very rows it was chosen on
 optimistic, and more so the more candidates and steps there are (MESH: 0.846 on dev
 OOF, 0.372 on the blind evaluation). Here the procedure (pre-selection, initialisation,
 greedy steps, Nelder-Mead, choice of the best step, bagging) is re-run on four folds' rows
-and scored on the fifth, which no part of it saw. That mean is the number to believe.
+and scored on the fifth, which no part of it saw. :func:`nested_cv` is that loop for any
+selection procedure; exhaustive subset selection runs in it too.
+
+Without a holdout this fold mean is the headline estimate, read as a lower bound: each
+OOF row was predicted by one fold model, while the submission averages all of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,11 +62,14 @@ class HonestResult:
         }
 
 
-def honest_estimate(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                    options: SelectionOptions | None = None, *,
-                    stats: CandidateStats | None = None) -> HonestResult:
-    """Select on the rows of all folds but k, score the chosen ensemble on fold k, for every k."""
-    opts = options or SelectionOptions()
+# a selection procedure as the nested CV runs it: training rows -> (weights over all
+# candidates, distinct members chosen); it must read those rows only
+Chooser = Callable[[np.ndarray], tuple[np.ndarray, int]]
+
+
+def _checked(X: np.ndarray, y: np.ndarray, folds: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and folds as arrays, and the fold ids; a bad tensor or too few folds fail here."""
     check_tensor(X, y)
     y = np.asarray(y, dtype=np.int64)
     folds = np.asarray(folds)
@@ -70,11 +78,32 @@ def honest_estimate(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
     fold_ids = np.unique(folds)
     if fold_ids.size < 2:
         raise ValueError(f"the honest estimate needs at least 2 folds, got {fold_ids.tolist()}")
+    return y, folds, fold_ids
+
+
+def honest_estimate(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                    options: SelectionOptions | None = None, *,
+                    stats: CandidateStats | None = None) -> HonestResult:
+    """Select on the rows of all folds but k, score the chosen ensemble on fold k, for every k."""
+    opts = options or SelectionOptions()
+    y, folds, _ = _checked(X, y, folds)
     if stats is None:
         stats = candidate_stats(X, opts.combine)
 
+    def choose(train: np.ndarray) -> tuple[np.ndarray, int]:
+        sel = select_ensemble(X, y, rows=train, options=opts, stats=stats)
+        return sel.weights, int((sel.counts > 0).sum())
+
+    return nested_cv(X, y, folds, choose, metric=opts.metric, combine_mode=opts.combine)
+
+
+def nested_cv(X: np.ndarray, y: np.ndarray, folds: np.ndarray, choose: Chooser, *,
+              metric: str, combine_mode: str) -> HonestResult:
+    """Run ``choose`` on the rows of all folds but k and score its ensemble on fold k, for
+    every k: the honest estimate of any selection procedure (greedy's, exhaustive's)."""
+    y, folds, fold_ids = _checked(X, y, folds)
     pooled = np.empty(len(y), dtype=np.int64)
-    res = HonestResult(metric=opts.metric, per_fold=[], per_fold_strict=[], per_fold_official=[],
+    res = HonestResult(metric=metric, per_fold=[], per_fold_strict=[], per_fold_official=[],
                        folds=[int(f) for f in fold_ids], fold_sizes=[], pooled_strict=0.0,
                        pooled_official=0.0, members_per_fold=[])
     for k in fold_ids:
@@ -83,16 +112,16 @@ def honest_estimate(X: np.ndarray, y: np.ndarray, folds: np.ndarray,
         # the guarantee this module exists for: no scored row reaches the selection
         assert np.intersect1d(train, held).size == 0, f"fold {k}: scored rows in the selection"
         assert train.size + held.size == len(y)
-        sel = select_ensemble(X, y, rows=train, options=opts, stats=stats)
-        pred = combine(X, sel.weights, held, opts.combine).argmax(axis=1)
+        weights, n_members = choose(train)
+        pred = combine(X, weights, held, combine_mode).argmax(axis=1)
         pooled[held] = pred
         s_strict = score_pred(y[held], pred, "strict")
         s_official = score_pred(y[held], pred, "official")
         res.per_fold_strict.append(s_strict)
         res.per_fold_official.append(s_official)
-        res.per_fold.append(s_strict if opts.metric == "strict" else s_official)
+        res.per_fold.append(s_strict if metric == "strict" else s_official)
         res.fold_sizes.append(int(held.size))
-        res.members_per_fold.append(int((sel.counts > 0).sum()))
+        res.members_per_fold.append(n_members)
     res.pooled_strict = score_pred(y, pooled, "strict")
     res.pooled_official = score_pred(y, pooled, "official")
     return res

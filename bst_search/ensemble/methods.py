@@ -11,7 +11,9 @@ whichever is submitted. A method is one class:
   candidates (the evaluation set, the holdout);
 
 decorated with :func:`register_method`. Greedy selection is the default and the one the
-report is built around (its curve, its honest estimate): it always runs.
+report is built around (its curve, its honest estimate): it always runs. Exhaustive subset
+selection (:mod:`~bst_search.ensemble.exhaustive`) is cheap by construction (793 subsets at
+its defaults), so it runs beside it every time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
+from bst_search.ensemble.exhaustive import (
+    ExhaustiveOptions,
+    ExhaustiveResult,
+    exhaustive_honest,
+    exhaustive_select,
+)
 from bst_search.ensemble.honest import HonestResult, honest_estimate
 from bst_search.ensemble.scoring import CandidateMatrix, CandidateStats, combine
 from bst_search.ensemble.selection import SelectionOptions, SelectionResult, select_ensemble
@@ -113,9 +121,16 @@ class EnsembleMethod(ABC):
 
 
 @dataclass(kw_only=True)
-class GreedyFit(MethodFit):
-    sel: SelectionResult
+class HonestFit(MethodFit):
+    """A fit chosen on the OOF rows it is scored on, so it carries the nested-CV estimate of
+    its whole choice (greedy's, exhaustive's)."""
+
     hon: HonestResult | None  # None with --no-honest
+
+
+@dataclass(kw_only=True)
+class GreedyFit(HonestFit):
+    sel: SelectionResult
 
 
 @register_method
@@ -199,3 +214,48 @@ class SKFusionMethod(EnsembleMethod):
     def predict(self, fit: MethodFit, rows: CandidateMatrix) -> np.ndarray:
         assert isinstance(fit, SKFit), fit
         return fit.sk.predict(rows)
+
+
+@dataclass(kw_only=True)
+class ExhaustiveFit(HonestFit):
+    sel: ExhaustiveResult
+
+
+@register_method
+class ExhaustiveSubsets(EnsembleMethod):
+    """Every equal-weight subset of up to ``--exhaustive-max-size`` of the
+    ``--exhaustive-top`` best candidates, the best by the metric kept, with the same honest
+    nested-CV estimate as greedy's."""
+
+    name = "exhaustive"
+    estimate = "optimistic (chosen on these rows); see its honest estimate"
+    members_meaning = "count = 1 per member of the best subset, weight = 1 / its size"
+    member_note = " (the best equal-weight subset: weight = 1 / its size)"
+
+    def __init__(self, options: ExhaustiveOptions, *, honest: bool = True) -> None:
+        self.options, self.honest = options, honest
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, opts: SelectionOptions) -> ExhaustiveSubsets:
+        options = ExhaustiveOptions(top=getattr(args, "exhaustive_top", 12),
+                                    max_size=getattr(args, "exhaustive_max_size", 4),
+                                    metric=opts.metric, combine=opts.combine)
+        return cls(options, honest=not getattr(args, "no_honest", False))
+
+    def params(self) -> dict[str, str]:
+        return {"ensemble.exhaustive_top": str(self.options.top),
+                "ensemble.exhaustive_max_size": str(self.options.max_size)}
+
+    def fit(self, data: MethodInput) -> ExhaustiveFit:
+        opts, C = self.options, data.X.shape[0]
+        sel = exhaustive_select(data.X, data.y, options=opts, stats=data.stats)
+        hon = (exhaustive_honest(data.X, data.y, data.folds, opts, stats=data.stats)
+               if self.honest else None)
+        counts = sel.counts(C)
+        return ExhaustiveFit(oof=combine(data.X, counts.astype(np.float64), None, opts.combine),
+                             members=sel.members, counts=counts, weights=sel.weights(C),
+                             sel=sel, hon=hon)
+
+    def predict(self, fit: MethodFit, rows: CandidateMatrix) -> np.ndarray:
+        used = np.asarray(fit.members)  # ascending: the search's order of summation
+        return combine(rows[used], np.ones(len(used)), None, self.options.combine)

@@ -11,6 +11,8 @@ import numpy as np
 from bst_search.ensemble.candidates import CandidateSet
 from bst_search.ensemble.honest import HonestResult
 from bst_search.ensemble.methods import (
+    ExhaustiveFit,
+    ExhaustiveSubsets,
     GreedyFit,
     GreedySelection,
     MethodFit,
@@ -104,6 +106,17 @@ class Outcome:
     @property
     def sk_ens(self) -> dict[str, float] | None:
         return self.scores.get(SKFusionMethod.name)
+
+    # exhaustive subset selection, when it ran
+
+    @property
+    def exhaustive(self) -> ExhaustiveFit | None:
+        fit = self.fits.get(ExhaustiveSubsets.name)
+        return fit if isinstance(fit, ExhaustiveFit) else None
+
+    @property
+    def exhaustive_ens(self) -> dict[str, float] | None:
+        return self.scores.get(ExhaustiveSubsets.name)
 
     # the best single candidate
 

@@ -1,8 +1,8 @@
 """The coordinator's steps, from a sweep to a submission, on parsed arguments.
 
 Candidates -> the working set (the candidates any method can pick, in memory) -> every
-registered method (:mod:`~bst_search.ensemble.methods`: greedy selection with its honest
-nested-CV estimate, cross-fitted SK fusion) fitted and scored on the OOF rows, and its
+registered method (:mod:`~bst_search.ensemble.methods`: greedy selection and exhaustive
+subset selection, each with its honest nested-CV estimate, cross-fitted SK fusion) fitted and scored on the OOF rows, and its
 evaluation (and holdout) rows predicted -> the chosen method's (``--method``) self-checked
 ``submission.csv`` -> ``ensemble.json``, parquets and plots -> an MLflow run tagged
 ``bst.kind=ensemble`` -> the printed summary. Every method is scored, so the summary
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                          store_dtype=getattr(args, "store_dtype", "auto"),
                          float32_up_to=opts.top_k or 2**62, progress=True)
     cs, X, E = load_working_set(cs, opts, sk_top=getattr(args, "sk_top", 10),
-                                honest=not args.no_honest)
+                                honest=not args.no_honest,
+                                exhaustive_top=getattr(args, "exhaustive_top", 0))
     res = score_candidates(cs, X, E, opts, methods, method)
 
     clear_outputs(out)  # never leave a stale submission beside a new ensemble
@@ -109,18 +110,24 @@ def _options(args: argparse.Namespace
 
 
 def load_working_set(cs: CandidateSet, opts: SelectionOptions, *, sk_top: int,
-                     honest: bool) -> tuple[CandidateSet, np.ndarray, np.ndarray | None]:
+                     honest: bool, exhaustive_top: int = 0
+                     ) -> tuple[CandidateSet, np.ndarray, np.ndarray | None]:
     """The candidates any selection can pick, in memory; ``cs`` narrowed to them.
 
-    See :func:`read_working_set`; ``n_total`` and a note keep how many there were.
+    See :func:`read_working_set`; ``n_total`` and a note keep how many there were. SK and
+    exhaustive selection both start from the best single candidates of their rows, so the
+    larger of their two tops is kept on every row set.
     """
     n_total = len(cs.infos)
     keep, X, E = read_working_set(cs.store, cs.eval_store if cs.eval_ids is not None else None,
-                                  cs.labels, cs.folds, opts, sk_top=sk_top, honest=honest)
+                                  cs.labels, cs.folds, opts, sk_top=max(sk_top, exhaustive_top),
+                                  honest=honest)
     if len(keep) < n_total:
+        tops = f"SK's top {sk_top}" + (f" and exhaustive's top {exhaustive_top}"
+                                       if exhaustive_top else "")
         note = (f"{len(keep)} of {n_total} candidates read into memory: the union of the "
                 f"top-{opts.top_k} pools (diversity {opts.diversity}) of every selection and "
-                f"SK's top {sk_top}; the others cannot be picked")
+                f"{tops}; the others cannot be picked")
         cs = dataclasses.replace(cs, infos=[cs.infos[i] for i in keep], notes=[*cs.notes, note],
                                  index=keep)
     return dataclasses.replace(cs, n_total=n_total), X, E

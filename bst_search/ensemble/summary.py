@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bst_search.ensemble.methods import METHODS, GreedySelection, SKFusionMethod
+from bst_search.ensemble.compare import COLUMNS, HONEST, headline, method_table
+from bst_search.ensemble.methods import (
+    METHODS,
+    ExhaustiveSubsets,
+    GreedySelection,
+    SKFusionMethod,
+)
 from bst_search.ensemble.outputs import OUTPUT_FILES
 from bst_search.tracking.schema import KIND, KIND_ENSEMBLE, SUBMISSION_FILE
 
@@ -22,8 +28,10 @@ MAX_LISTED = 30  # lines of left-out runs and members printed; ensemble.json has
 PREFERRED_PARAMS = ("model.name", "backbones", "model.fusion", "model.head", "loss.alpha",
                     "data.strategy")
 HONEST_NOTE = ("honest = the whole selection procedure re-run in a cross-validation over the "
-               "OOF folds (selected on four folds, scored on the fifth): the number to believe. "
-               "selected = measured on the rows it was chosen on: optimistic.")
+               "OOF folds (selected on four folds, scored on the fifth): without a holdout, the "
+               "number to believe, as a lower bound (one fold model per OOF row; the submission "
+               "averages them all). selected = measured on the rows it was chosen on: "
+               "optimistic. estimate = the number to believe (estimate_kind says which).")
 SCOPE_NOTE = ("what the honest estimate covers: the selection (pre-selection, greedy steps, "
               "weights, choice of the best step) re-run inside each fold. What it does not: the "
               "search that produced the pool (its trials were chosen by their OOF score on all "
@@ -81,7 +89,7 @@ def build_report(res: Outcome, experiment: str,
     cs, opts, sel, hon, sk = res.cs, res.opts, res.sel, res.hon, res.sk
     infos, method, best = cs.infos, res.method, res.best
     keys = _key_params(infos, res.members)
-    return {
+    report = {
         "schema": "bst-search/ensemble/1",
         "experiment": experiment,
         "data_fp": cs.data_fp, "fold_fp": cs.fold_fp, "eval_fp": cs.eval_fp,
@@ -106,6 +114,7 @@ def build_report(res: Outcome, experiment: str,
                      "weighted": bool(sel.weighted), **_fold_stats(res.selected_per_fold)},
         "honest": hon.to_dict() if hon else None,
         "sk": _sk_report(res),
+        "exhaustive": _exhaustive_report(res),
         "best_single": {"run_id": infos[best].run_id, "trial_id": infos[best].trial_id,
                         "score": float(res.singles[best]),
                         "hF_strict": float(res.single_strict[best]),
@@ -118,6 +127,18 @@ def build_report(res: Outcome, experiment: str,
         "eval": eval_report,
         "notes": cs.notes + [HONEST_NOTE, SCOPE_NOTE, POOLED_NOTE, SK_NOTE] + res.notes,
     }
+    return _with_estimate(report)
+
+
+def _with_estimate(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with the number to believe (:func:`~bst_search.ensemble.compare.headline`,
+    read from the report itself, as the report page does) placed after the sizes."""
+    head = headline(report)
+    at = list(report).index("n_samples") + 1
+    items = list(report.items())
+    return dict(items[:at] + [("estimate", head.value), ("estimate_kind", head.kind),
+                              ("estimate_label", head.label), ("estimate_why", head.why)]
+                + items[at:])
 
 
 def _ident(infos: list[CandidateInfo], c: int) -> dict[str, str]:
@@ -138,6 +159,23 @@ def _sk_report(res: Outcome) -> dict[str, Any] | None:
                          "attention": float(sk.weight[m])} for m in sk.members]}
 
 
+def _exhaustive_report(res: Outcome) -> dict[str, Any] | None:
+    """ensemble.json's "exhaustive": the best subset, what it was chosen from, its scores
+    and its honest estimate; None when it did not run."""
+    fit, ens, infos = res.exhaustive, res.exhaustive_ens, res.cs.infos
+    if fit is None or ens is None:
+        return None
+    sel = fit.sel
+    return {**_ens_summary(ens, res.opts.metric), "top": len(sel.pool),
+            "max_size": len(sel.best_by_size), "n_subsets": sel.n_subsets, "size": sel.size,
+            "best_by_size": sel.best_by_size,
+            "pool": [{**_ident(infos, int(c)), "score": float(s)}
+                     for c, s in zip(sel.pool, sel.pool_singles, strict=True)],
+            "members": [_ident(infos, int(m)) for m in sel.members],
+            **_fold_stats(res.per_fold[ExhaustiveSubsets.name]),
+            "honest": fit.hon.to_dict() if fit.hon else None}
+
+
 def mlflow_metrics(res: Outcome, report: dict[str, Any]) -> dict[str, float | None]:
     """The ensemble run's MLflow metrics (None and non-finite values are not logged)."""
     hon, sk, g, ens, best = res.hon, res.sk, res.greedy_ens, res.ens, res.best
@@ -156,7 +194,8 @@ def mlflow_metrics(res: Outcome, report: dict[str, Any]) -> dict[str, float | No
         "sk_hF_strict": sk.hF_strict if sk else None,
         "sk_hF": sk.hF if sk else None,
         "sk_std": float(np.std(sk.per_fold)) if sk else None,
-        "submitted_score": report["submitted"]["score"],
+        "submitted_score": report["submitted"]["score"], "estimate": report["estimate"],
+        **_exhaustive_metrics(report["exhaustive"]),
         "n_members": float(len(res.members)), "ensemble_size": float(res.sel.counts.sum()),
         "eval_oof_tvd": ev["tv_distance"] if ev else None,
         **_holdout_metrics(res.holdout),
@@ -165,11 +204,22 @@ def mlflow_metrics(res: Outcome, report: dict[str, Any]) -> dict[str, float | No
     }
 
 
+def _exhaustive_metrics(ex: dict[str, Any] | None) -> dict[str, float | None]:
+    if ex is None:
+        return {}
+    hon = ex["honest"] or {}
+    return {"exhaustive_selected_hF_strict": ex["hF_strict"], "exhaustive_selected_hF": ex["hF"],
+            "exhaustive_size": float(ex["size"]), "exhaustive_honest_score": hon.get("mean"),
+            "exhaustive_honest_std": hon.get("std"),
+            "exhaustive_honest_pooled_hF_strict": hon.get("pooled_hF_strict"),
+            "exhaustive_honest_pooled_hF": hon.get("pooled_hF")}
+
+
 def _holdout_metrics(ho: dict[str, Any] | None) -> dict[str, float]:
     if ho is None:
         return {}
     out = {}
-    for who in ("greedy", "sk", "best_single"):
+    for who in ("greedy", "sk", "exhaustive", "best_single"):
         if who not in ho:
             continue
         for m in ("hF_strict", "hF"):
@@ -213,6 +263,12 @@ def _print_candidates(res: Outcome, report: dict[str, Any], experiment: str,
           f"on {sk.device} in {sk.seconds:.1f} s, {len(sk.members)} distinct candidates used; "
           f"epoch kept of {o.epochs} per fold (0 = plain mean): "
           + ", ".join(map(str, sk.chosen_epochs)))
+    ex = report["exhaustive"]
+    if ex is not None:
+        p(f"exhaustive subsets: the top {ex['top']} candidates, every subset of 1..{ex['max_size']}"
+          f" with equal weights ({ex['n_subsets']} scored): best size {ex['size']} (trials "
+          + ", ".join(m["trial_id"] or m["run_id"][:8] for m in ex["members"]) + "); best by "
+          "size " + ", ".join(f"{v:.4f}" for v in ex["best_by_size"]))
     p(f"submitted method: {res.method}" + METHODS[res.method].member_note)
 
 
@@ -231,17 +287,23 @@ def _print_members(report: dict[str, Any]) -> None:
 
 
 def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
-    """One table, pooled and fold-mean side by side for every row; then the holdout."""
+    """One table, pooled and fold-mean side by side for every row; then the holdout, the
+    methods side by side and the number to believe."""
     p, hon, sk, method = print, res.hon, res.sk, res.method
     opts = report["options"]
-    bs, se, sub = report["best_single"], report["selected"], report["submitted"]
+    bs, se = report["best_single"], report["selected"]
     mark = {m: "  [submitted]" if m == method else "" for m in METHODS}
-    detailed = (GreedySelection.name, SKFusionMethod.name)  # rows of their own below
-    w = 42
+    believed = {m: report["estimate_kind"] == HONEST and m == method for m in METHODS}
+    detailed = (GreedySelection.name, SKFusionMethod.name, ExhaustiveSubsets.name)
+    w = 46
 
     def row(label: str, pooled: float, per_fold: list[float], official: float, note: str) -> None:
         p(f"  {label:{w}s} {pooled:9.4f} {np.mean(per_fold):9.4f} ± {np.std(per_fold):.4f} "
           f"{official:9.4f}   {note}".rstrip())
+
+    def oof_note(name: str, what: str, submitted: str = "") -> str:
+        return ("<- the number to believe: a lower bound (no holdout)" if believed[name]
+                else what) + submitted
 
     p("")
     p(f"  {'':{w}s} {'strict hF':>9s} {'strict hF':>18s} {'official':>9s}")
@@ -253,13 +315,21 @@ def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
     if hon:
         h = report["honest"]
         row("greedy honest (selection in nested CV)", h["pooled_hF_strict"], hon.per_fold_strict,
-            h["pooled_hF"], "<- the number to believe for the selection")
+            h["pooled_hF"], oof_note("greedy", "out-of-fold: the selection's honest score"))
     else:
         p("  greedy honest estimate skipped (--no-honest): the selected score is optimistic")
+    ex = report["exhaustive"]
+    if ex is not None:
+        row("exhaustive selected (OOF, chosen on it)", ex["hF_strict"], ex["per_fold_strict"],
+            ex["hF"], f"optimistic{mark['exhaustive']}")
+        if ex["honest"]:
+            h = ex["honest"]
+            row("exhaustive honest (subset choice in nested CV)", h["pooled_hF_strict"],
+                h["per_fold_strict"], h["pooled_hF"], oof_note("exhaustive", "out-of-fold"))
     if sk is not None:
         s = report["sk"]
         row(f"SK fusion (cross-fitted OOF, top {sk.options.top})", s["hF_strict"],
-            sk.per_fold_strict, s["hF"], f"out-of-fold, like honest{mark['sk']}")
+            sk.per_fold_strict, s["hF"], oof_note("sk", "out-of-fold, like honest", mark["sk"]))
     else:
         for note in report["notes"]:
             if note.startswith("SK fusion not scored"):
@@ -278,8 +348,15 @@ def _print_scores(res: Outcome, report: dict[str, Any]) -> None:
       "were chosen on all folds)")
     p("  nor the recipe: each OOF row comes from one fold model, the submission averages them all")
     _print_holdout(res)
+    _print_comparison(report)
+    _print_estimate(report)
+    _print_flags(res, report)
+
+
+def _print_flags(res: Outcome, report: dict[str, Any]) -> None:
+    p, sub, se, bs, sk = print, report["submitted"], report["selected"], report["best_single"], res.sk
     if sub["strict_differs_from_official"]:
-        p(f"  flag: strict and official hF of the submitted {method} ensemble differ: "
+        p(f"  flag: strict and official hF of the submitted {res.method} ensemble differ: "
           f"{sub['n_never_predicted']} class(es) never predicted")
     if se["score"] < bs["score"]:
         p("  flag: the greedy ensemble scores below the best single trial on the OOF rows")
@@ -297,7 +374,8 @@ def _print_holdout(res: Outcome) -> None:
     p(f"\nholdout: {ho['n']} development sounds set aside before the folds: no trial's objective "
       f"and no selection saw them; scored once")
     p(f"  {'':{w}s} {'strict hF':>9s} {'official':>9s}")
-    rows = (("greedy", "greedy ensemble"), ("sk", "SK fusion (mean of the cross-fit fusers)"),
+    rows = (("greedy", "greedy ensemble"), ("exhaustive", "exhaustive subset"),
+            ("sk", "SK fusion (mean of the cross-fit fusers)"),
             ("best_single", f"best single trial ({ho['best_single']['trial_id'] or '?'})"))
     for who, label in rows:
         if who not in ho:
@@ -305,12 +383,37 @@ def _print_holdout(res: Outcome) -> None:
         r = ho[who]
         avg, one = r["fold_models_averaged"], r["one_fold_model_mean"]
         n = len(r["one_fold_model"])
-        note = ("   [submitted] the submission's recipe: the end-to-end estimate"
+        note = ("   [submitted] the submission's recipe: the number to believe"
                 if who == ho["submitted"] else "")
         p(f"  {label + f', {n} fold models averaged':{w}s} {avg['hF_strict']:9.4f} {avg['hF']:9.4f}"
           + note)
         p(f"  {label + ', one fold model (mean)':{w}s} {one['hF_strict']:9.4f} {one['hF']:9.4f}   "
           + "per fold model " + ", ".join(f"{o['hF_strict']:.4f}" for o in r["one_fold_model"]))
+
+
+def _print_comparison(report: dict[str, Any]) -> None:
+    """Greedy, exhaustive and SK fusion side by side, in the chosen metric; the columns no
+    method has (the holdout's, without one) are left out."""
+    table = method_table(report)
+    labels = [label for _, label in COLUMNS if any(r[label] != "-" for r in table)]
+    heads = [("", "method")] + [tuple(label.split(", ", 1)) for label in labels]
+    cells = [[r["method"]] + [r[label] for label in labels] for r in table]
+    widths = [max(len(heads[i][0]), len(heads[i][1]), *(len(c[i]) for c in cells))
+              for i in range(len(heads))]
+    p = print
+    p(f"\nmethods side by side ({report['options']['metric']} hF; pooled beside pooled, fold "
+      f"mean beside fold mean):")
+    for line in ([h[0] for h in heads], [h[1] for h in heads], *cells):
+        p(("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))).rstrip())
+
+
+def _print_estimate(report: dict[str, Any]) -> None:
+    """The number to believe, which one it is and why, in a sentence."""
+    import textwrap
+
+    print(f"\nthe number to believe: {report['estimate']:.4f}, the {report['estimate_label']}")
+    print(textwrap.fill(f"why: {report['estimate_why']}", width=100, initial_indent="  ",
+                        subsequent_indent="    ", break_on_hyphens=False))
 
 
 def _print_files(report: dict[str, Any], out: Path, run_id: str | None, experiment: str) -> None:

@@ -1,9 +1,10 @@
-"""The page: the header (the numbers to believe), every section, plotly's JavaScript embedded
-once, so the file opens from disk with no network. The template and styles are package data
+"""The page: the header (the number to believe, and why), every section, plotly's JavaScript
+embedded once, so the file opens from disk with no network. The template and styles are package data
 (``bst_search/report/templates``)."""
 
 from __future__ import annotations
 
+import html
 import time
 from importlib import resources
 from pathlib import Path
@@ -16,37 +17,45 @@ from bst_search.report.sections import SECTIONS
 TEMPLATES = resources.files("bst_search.report") / "templates"
 TEMPLATE, STYLES = "report.html.j2", "report.css"
 ARTIFACT = "report.html"  # its name in the ensemble run
-BELIEVE = ("The number to believe is the <b>honest</b> estimate: the whole ensemble selection "
-           "re-run inside a cross-validation over the OOF folds (selected on four folds, scored "
-           "on the fifth). The <i>selected</i> score was measured on the rows it was chosen on, "
-           "and the best single trial's score was picked as the maximum over many trials: both "
-           "are optimistic.")
-
-
+BELIEVE = ("The <i>selected</i> score was measured on the rows it was chosen on, and the best "
+           "single trial's score was picked as the maximum over many trials: both are "
+           "optimistic.")
+NO_ENSEMBLE = ("No ensemble yet. A single trial's OOF score is out-of-fold, but the best of many "
+               "trials is optimistic: expect the next sweep's best to score a little lower. Run "
+               "<code>bst-search ensemble</code>: with a holdout (<code>search "
+               "--holdout-fraction F</code>) the number to believe is the submission's holdout "
+               "score, without one the honest estimate, a lower bound.")
 
 
 def _header(s: Sweep) -> dict[str, Any]:
-    """The numbers at the top of the page, with which one to believe."""
+    """The numbers at the top of the page, with which one to believe and why.
+
+    The headline is :func:`bst_search.ensemble.compare.headline` of the ensemble run's
+    ensemble.json: the very function its ``estimate`` and the printed summary come from, so
+    the three always agree (with a holdout: the submission's holdout score; without one: the
+    honest estimate of the submitted method, a lower bound)."""
     e = s.ensemble
     best = s.complete.head(1)
-    out: dict[str, Any] = {"believe": BELIEVE, "cards": []}
-    if e and e.get("honest"):
-        h = e["honest"]
-        out["cards"].append(("honest estimate (believe this)", f"{h['mean']:.4f} ± {h['std']:.4f}",
-                             "main"))
+    out: dict[str, Any] = {"believe": NO_ENSEMBLE, "cards": [], "kind": None}
+    if e:
+        from bst_search.ensemble.compare import HONEST, headline
+
+        head = headline(e)
+        value = f"{head.value:.4f}" + (f" ± {head.std:.4f}" if head.std is not None else "")
+        out["cards"].append((f"{head.label} (believe this)", value, "main"))
+        out["kind"] = head.kind
+        out["believe"] = (f"The number to believe is the <b>{html.escape(head.label)}</b>. "
+                          f"Why: {html.escape(head.why)} {BELIEVE}")
+        h = e.get("honest")
+        if h and not (head.kind == HONEST and e.get("method", "greedy") == "greedy"):
+            out["cards"].append(("honest estimate (greedy, nested CV, one fold model per row)",
+                                 f"{h['mean']:.4f} ± {h['std']:.4f}", ""))
         out["cards"].append(("selected ensemble (optimistic)", f"{e['selected_score']:.4f}", ""))
-    elif e:
-        out["cards"].append(("selected ensemble (optimistic; no honest estimate)",
-                             f"{e['selected_score']:.4f}", "main"))
     if len(best):
         out["cards"].append((f"best single trial ({best['name'].iloc[0]})",
                              f"{best[s.metric].iloc[0]:.4f}", "" if e else "main"))
     if s.eval_score:
         out["cards"].append(("evaluation labels, official hF", f"{s.eval_score['hF']:.4f}", ""))
-    if not e:
-        out["believe"] = ("No ensemble yet. A single trial's OOF score is out-of-fold, but the "
-                          "best of many trials is optimistic: expect the next sweep's best to score "
-                          "a little lower. " + BELIEVE)
     return out
 
 

@@ -143,6 +143,7 @@ def ensemble_section(s: Sweep) -> Section:
     hon = e.get("honest")
     sec.fig(_selection_curve_fig(e, metric))
     sec.fig(_methods_fig(s, e, metric), 380)
+    sec.add(_methods_table(e))
     members = pd.DataFrame([{
         "trial": f'<a href="{html.escape(s.run_url(m["run_id"]))}">{html.escape(m["trial_id"] or m["run_id"][:8])}</a>',
         "weight": f"{m['weight']:.3f}", "count": m["count"],
@@ -190,33 +191,36 @@ def _selection_curve_fig(e: dict[str, Any], metric: str) -> Any:
 
 
 def _methods_fig(s: Sweep, e: dict[str, Any], metric: str) -> Any:
-    """Best single, greedy selected and honest, SK fusion, evaluation: one bar each."""
+    """Greedy, exhaustive and SK fusion side by side, like with like: a group of bars per
+    method (selected, honest pooled and fold mean ± std, holdout), the best single trial and
+    the evaluation score as lines; the same numbers as the printed summary's table."""
     import plotly.graph_objects as go
 
-    hon, sk = e.get("honest"), e.get("sk")
-    bars = [("best single trial", e["best_single"]["score"], None),
-            ("greedy selected (optimistic)", e["selected_score"], None)]
-    # like with like: fold mean ± std of both out-of-fold methods, then their pooled scores
-    if hon:
-        bars.append(("greedy honest, fold mean (nested CV)", hon["mean"], hon["std"]))
-    if sk:
-        bars.append(("SK fusion, fold mean (cross-fitted)", float(np.mean(sk["per_fold"])), sk["std"]))
-    pooled_key = "pooled_hF_strict" if metric == "strict" else "pooled_hF"
-    if hon and hon.get(pooled_key) is not None:
-        bars.append(("greedy honest, pooled", hon[pooled_key], None))
-    if sk:
-        bars.append(("SK fusion, pooled", sk["score"], None))
-    if s.eval_score:
-        bars.append(("submission on evaluation labels (official)", s.eval_score["hF"], None))
-    fig = go.Figure(go.Bar(x=[b[0] for b in bars], y=[b[1] for b in bars],
-                           error_y={"array": [b[2] or 0 for b in bars], "visible": True},
-                           text=[f"{b[1]:.4f}" for b in bars], textposition="outside",
-                           marker_color=["#999", "#f58518", "#54a24b", "#4c78a8", "#54a24b", "#4c78a8",
-                                         "#b279a2"][:len(bars)]))
-    lo = min(b[1] for b in bars)
-    fig.update_layout(title=f"Greedy vs SK fusion ({metric} hF; submitted: {e['method']})",
-                      yaxis_range=[max(0.0, lo - 0.05), min(1.0, max(b[1] for b in bars) + 0.03)])
+    from bst_search.ensemble.compare import COLUMNS, method_rows
+
+    rows, fig = method_rows(e), go.Figure()
+    for key, label in COLUMNS:
+        ys = [getattr(r, key) for r in rows]
+        err = [r.honest_std or 0 for r in rows] if key == "honest_fold_mean" else None
+        fig.add_bar(x=[r.label + " [submitted]" * r.submitted for r in rows], y=ys, name=label,
+                    text=[_fmt(v) if v is not None else "" for v in ys], textposition="outside",
+                    error_y={"array": err, "visible": err is not None})
+    lines = [("best single", e["best_single"]["score"], "gray")]
+    lines += [("evaluation (official)", s.eval_score["hF"], "#b279a2")] if s.eval_score else []
+    for name, y, color in lines:
+        fig.add_hline(y=y, line_dash="dot", line_color=color, annotation_text=f"{name} {y:.4f}")
+    vals = [v for r in rows for k, _ in COLUMNS if (v := getattr(r, k)) is not None]
+    vals += [y for _, y, _ in lines]
+    fig.update_layout(title=f"Greedy vs exhaustive vs SK fusion ({metric} hF; submitted: "
+                      f"{e['method']})", barmode="group",
+                      yaxis_range=[max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03)])
     return fig
+
+
+def _methods_table(e: dict[str, Any]) -> str:
+    from bst_search.ensemble.compare import method_table
+
+    return _table(pd.DataFrame(method_table(e)), "small")
 
 
 def _submission_checks(sec: Section, ev: dict[str, Any] | None) -> None:

@@ -56,8 +56,8 @@ def _method_choices() -> list[str]:
     return next(a for a in parser._actions if a.dest == "method").choices
 
 
-def test_the_registry_holds_both_methods_and_feeds_the_cli():
-    assert list(METHODS) == ["greedy", "sk"] and DEFAULT_METHOD == "greedy"
+def test_the_registry_holds_the_methods_and_feeds_the_cli():
+    assert list(METHODS) == ["greedy", "sk", "exhaustive"] and DEFAULT_METHOD == "greedy"
     assert _method_choices() == list(METHODS)
     with pytest.raises(ValueError, match="already registered"):
         register_method(type("Other", (BestSingle,), {"name": "sk"}))

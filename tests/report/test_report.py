@@ -14,6 +14,7 @@ from procs import free_port
 
 from bst_search import report, tracking
 from bst_search.cli import main
+from bst_search.report.render import _header
 
 # page order: what a reader came for first (after the header), the sweep's bookkeeping last
 SECTION_IDS = ("leaderboard", "ensemble", "matters", "per_class", "sweep")
@@ -37,7 +38,8 @@ def test_report_is_self_contained_with_every_section(built, small_sweep):
     # plotly's JavaScript once, inline; nothing fetched from the network
     assert page.count("<script type=\"text/javascript\">") == 1
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"?https?:", page)
-    assert "honest estimate (believe this)" in page
+    assert "honest estimate, a lower bound (believe this)" in page  # the sweep has no holdout
+    assert 'data-estimate-kind="honest_lower_bound"' in page
     assert "evaluation labels, official hF" in page  # --eval-labels was given
     assert "Parameter importances (optuna.importance)" in page
     assert "Parallel coordinates (Optuna)" in page
@@ -82,6 +84,56 @@ def test_one_status_is_a_line_not_a_one_bar_chart():
 
     two = report.sections.sweep_section(_frame_sweep(["complete"] * 3 + ["failed"]))
     assert "Trials by status" in "".join(two.blocks) and two.figures == 3
+
+
+def _ensemble(holdout: bool, method: str = "greedy") -> dict:
+    """The parts of an ensemble.json the header reads: greedy's honest estimate, SK's
+    cross-fitted scores, and (``holdout``) every method's holdout scores."""
+    def scores(avg: float, one: float) -> dict:
+        return {"fold_models_averaged": {"hF_strict": avg, "hF": avg + 0.01},
+                "one_fold_model_mean": {"hF_strict": one, "hF": one + 0.01}}
+
+    return {"method": method, "options": {"metric": "strict"}, "selected_score": 0.8233,
+            "submitted": {"score": 0.8233},
+            "honest": {"mean": 0.8083, "std": 0.0202, "pooled_hF_strict": 0.8159,
+                       "pooled_hF": 0.8170},
+            "sk": {"score": 0.7907, "per_fold": [0.78, 0.79], "std": 0.005},
+            "holdout": {"n": 777, "fold_models": [0, 1, 2, 3, 4], "submitted": method,
+                        "greedy": scores(0.8356, 0.8097), "sk": scores(0.8174, 0.7958)}
+            if holdout else None}
+
+
+def test_header_believes_the_holdout_with_one_and_the_honest_lower_bound_without():
+    """The header's main card is ensemble.json's rule: with a holdout, the submission's
+    holdout score (fold models averaged); without, the submitted method's honest estimate,
+    said to be a lower bound. The other numbers stay on the page."""
+    s = _frame_sweep(["complete"] * 3)
+    s.ensemble = _ensemble(holdout=True)
+    head = _header(s)
+    cards = {label: value for label, value, _ in head["cards"]}
+    main = [(label, value) for label, value, cls in head["cards"] if cls == "main"]
+    assert main == [("holdout score of the submission: greedy, 5 fold models averaged "
+                     "(believe this)", "0.8356")]
+    assert head["kind"] == "holdout" and "777 development sounds" in head["believe"]
+    assert "lower bound" not in head["believe"]
+    assert cards["honest estimate (greedy, nested CV, one fold model per row)"] == "0.8083 ± 0.0202"
+    assert cards["selected ensemble (optimistic)"] == "0.8233"
+
+    s.ensemble = _ensemble(holdout=False)
+    head = _header(s)
+    main = [(label, value) for label, value, cls in head["cards"] if cls == "main"]
+    assert main == [("greedy honest estimate, a lower bound (believe this)", "0.8083 ± 0.0202")]
+    assert head["kind"] == "honest_lower_bound"
+    assert "lower bound" in head["believe"] and "--holdout-fraction" in head["believe"]
+    assert "averages all of them" in head["believe"]
+    assert not any(label.startswith("honest estimate (greedy") for label, _, _ in head["cards"])
+
+    s.ensemble = _ensemble(holdout=False, method="sk")  # SK's cross-fitted score plays the role
+    label, value, _ = next(c for c in _header(s)["cards"] if c[2] == "main")
+    assert label.startswith("SK fusion cross-fitted") and value == "0.7850 ± 0.0050"
+    s.ensemble = _ensemble(holdout=True, method="sk")
+    label, value, _ = next(c for c in _header(s)["cards"] if c[2] == "main")
+    assert label.startswith("holdout score of the submission: SK fusion") and value == "0.8174"
 
 
 def test_report_is_logged_with_the_ensemble_run(built, small_sweep):
