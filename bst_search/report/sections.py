@@ -140,7 +140,6 @@ def ensemble_section(s: Sweep) -> Section:
                       f"{s.experiment}` and build the report again."))
         return sec
     metric = e["options"]["metric"]
-    hon = e.get("honest")
     sec.fig(_selection_curve_fig(e, metric))
     sec.fig(_methods_fig(s, e, metric), 380)
     sec.add(_methods_table(e))
@@ -155,9 +154,10 @@ def ensemble_section(s: Sweep) -> Section:
     _submission_checks(sec, e.get("eval"))
     if s.eval_score:
         sc = s.eval_score
+        gap = (f'; {sc["hF"] - e["estimate"]:+.4f} against the estimate to believe'
+               if e.get("estimate") is not None else "")
         sec.add(f'<p class="eval">Evaluation labels: official hF <b>{sc["hF"]:.4f}</b> (strict '
-                f'{sc["hF_strict"]:.4f}); gap to the honest estimate '
-                f'{abs(sc["hF"] - (hon["mean"] if hon else e["selected_score"])):.4f}.</p>')
+                f'{sc["hF_strict"]:.4f}){gap}.</p>')
     else:
         sec.add(_note("Evaluation score: no labels given (bst-search report --eval-labels FILE)."))
     if e.get("left_out"):
