@@ -36,6 +36,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
           f"{ds.n_excluded} excluded (top-level-only or *-other), fingerprint {ds.fingerprint}")
     for b, x in ds.features.items():
         print(f"  {b:16s} dim {x.shape[1]}")
+    if ds.texts is not None:  # what the meta_probs backbone reads
+        from bst_search.data.texts import has_text
+
+        print(f"  {'text':16s} title, tags, description: {int(has_text(ds.text_rows()).sum())} of "
+              f"{len(ds.ids)} sounds have some, hash {ds.text_fp}")
     if ds.labelled:
         import numpy as np
 
@@ -48,14 +53,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_trial(args: argparse.Namespace) -> int:
     from bst_search import config
     from bst_search.data import load_dataset
+    from bst_search.data.meta_probs import loadable_backbones
     from bst_search.trial import run_trial
 
     cfg = config.load(args.config, args.set)
     backbones = cfg["backbones"]
-    dev = load_dataset(Path(args.data), backbones=backbones, missing=args.missing, progress=True)
-    ev = (load_dataset(Path(args.eval_data), backbones=backbones, missing=args.missing, progress=True)
+    folders = loadable_backbones(backbones, [cfg["meta"]["model"]])  # meta_probs is computed
+    dev = load_dataset(Path(args.data), backbones=folders, missing=args.missing, progress=True)
+    ev = (load_dataset(Path(args.eval_data), backbones=folders, missing=args.missing, progress=True)
           if args.eval_data else None)
-    crowd = (load_dataset(Path(args.crowd_data), backbones=backbones, missing=args.missing, progress=True)
+    crowd = (load_dataset(Path(args.crowd_data), backbones=folders, missing=args.missing, progress=True)
              if args.crowd_data else None)
     print(f"trial {cfg['model']['name']} on {', '.join(backbones)}: {len(dev.ids)} sounds, "
           f"{args.folds} folds -> {args.out}")

@@ -22,6 +22,27 @@ class ConfigError(ValueError):
     """A configuration key or value is not valid; the message names it."""
 
 
+# The one backbone that is not an embedding folder: the 23 class probabilities (+ a no-text
+# flag) that a text classifier over each sound's title, tags and description gives, cross-fitted
+# inside every fold (bst_search.data.meta_probs). Named here because configuration, data and
+# search space all need to tell it apart, and this module imports nothing heavy.
+META_BACKBONE = "meta_probs"
+
+
+def backbone_modality(name: str) -> str:
+    """"meta" for :data:`META_BACKBONE`, "text" for a text embedding (a name with ``text`` in
+    it, ``clap_text``), else "audio": what the model builds for that input."""
+    if name == META_BACKBONE:
+        return "meta"
+    return "text" if "text" in name else "audio"
+
+
+def is_text_backbone(name: str) -> bool:
+    """Text backbones come from metadata, not audio (``clap_text``, ``meta_probs``); every trial
+    needs at least one audio backbone."""
+    return backbone_modality(name) != "audio"
+
+
 @dataclass(frozen=True)
 class Spec:
     """What one dotted key accepts."""
@@ -49,6 +70,8 @@ SCHEMA: dict[str, Spec] = {
     "model.encoder": Spec("linear", str, ("linear", "hatr"),
                           doc="late_fusion: per-backbone encoder (linear: 000/003, hatr: 001)"),
     "model.linear_layers": Spec(1, int, low=1, high=4, doc="linear encoder: Linear layers (GELU between)"),
+    "model.meta_encoder": Spec("linear", str, ("linear", "class_embedding"),
+                               doc="meta_probs branch: linear encoder, or class_embedding m = q^T E"),
     "model.fusion": Spec("transformer", str, ("concat", "attention", "transformer", "gated"),
                          doc="late_fusion: how the backbones' encodings are combined"),
     "model.heads": Spec(8, int, low=1, high=32, doc="transformer fusion: attention heads"),
@@ -129,10 +152,14 @@ SCHEMA: dict[str, Spec] = {
     "post.knn_k": Spec(10, int, low=1, high=1000),
     "post.knn_tau": Spec(0.1, float, low=0.001, high=10.0),
     "post.ckpt_avg": Spec(1, int, low=1, high=20, doc="average the logits of the top-k val checkpoints (000)"),
+    # the meta_probs backbone: a text classifier cross-fitted inside every fold
+    "meta.model": Spec("tfidf_lr", str, ("tfidf_lr", "minilm_lr"),
+                       doc="tfidf_lr: TF-IDF n-grams + LogReg; minilm_lr: minilm_text + LogReg"),
+    "meta.C": Spec(10.0, float, low=1e-4, high=1e4, doc="inverse L2 strength of the LogReg"),
 }
 # fmt: on
 
-SECTIONS = ("backbones", "model", "loss", "train", "data", "post", "seed")
+SECTIONS = ("backbones", "model", "loss", "train", "data", "post", "meta", "seed")
 
 
 # Keys that only matter while another key has some value: {key: predicate on the flat
@@ -146,6 +173,10 @@ def _late(f: dict[str, Any]) -> bool:
     return f["model.name"] == "late_fusion"
 
 
+def _meta(f: dict[str, Any]) -> bool:
+    return META_BACKBONE in f["backbones"]
+
+
 def _crowd_filters(f: dict[str, Any]) -> set[str]:
     """The crowd filters a configuration runs (both sides of union/intersection)."""
     c = f["data.crowd"]
@@ -156,7 +187,11 @@ ACTIVE_WHEN: dict[str, Any] = {
     "model.batch_norm": lambda f: not _late(f) or f["model.encoder"] == "hatr",
     "model.res_blocks": lambda f: not _late(f) or f["model.encoder"] == "hatr",
     "model.encoder": _late,
-    "model.linear_layers": lambda f: _late(f) and f["model.encoder"] == "linear",
+    "model.linear_layers": lambda f: ((_late(f) and f["model.encoder"] == "linear")
+                                      or (_meta(f) and f["model.meta_encoder"] == "linear")),
+    "model.meta_encoder": _meta,
+    "meta.model": _meta,
+    "meta.C": _meta,
     "model.fusion": _late,
     "model.heads": lambda f: _late(f) and f["model.fusion"] == "transformer",
     "model.layers": lambda f: _late(f) and f["model.fusion"] == "transformer",

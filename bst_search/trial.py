@@ -25,7 +25,8 @@ import pandas as pd
 
 from bst_search import config as config_mod
 from bst_search import metrics
-from bst_search.data import DataError, Dataset, is_text_backbone
+from bst_search.config import META_BACKBONE, backbone_modality
+from bst_search.data import DataError, Dataset, is_text_backbone, meta_probs
 from bst_search.data.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
 from bst_search.folds import assign_folds, fold_fingerprint, holdout_mask, train_val_split
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
@@ -34,6 +35,11 @@ FoldCallback = Callable[[dict[str, Any]], None]
 
 
 def _config_hash(cfg: dict[str, Any]) -> str:
+    """Hash of the configuration; without meta_probs the keys only it reads are left out, so
+    every configuration from before those keys existed keeps its hash (and its saved folds)."""
+    if META_BACKBONE not in cfg["backbones"]:
+        cfg = {k: v for k, v in cfg.items() if k != "meta"}
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "meta_encoder"}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -45,15 +51,18 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def check_backbones(cfg: dict[str, Any], *datasets: Dataset | None) -> list[str]:
-    """The configured backbones, checked to exist with equal dimensions in every dataset."""
+    """The configured backbones, checked to exist with equal dimensions in every dataset
+    (``meta_probs``: that every dataset has the text and inputs its text model reads)."""
     backbones = list(cfg["backbones"])
     if not any(not is_text_backbone(b) for b in backbones):
         raise DataError(f"backbones {backbones}: at least one audio backbone is required")
+    if META_BACKBONE in backbones:
+        meta_probs.check_inputs(cfg, *datasets)
     ref = datasets[0]
     for ds in datasets:
         if ds is None:
             continue
-        for b in backbones:
+        for b in (b for b in backbones if b != META_BACKBONE):
             if b not in ds.features:
                 raise DataError(f"{ds.root}: backbone {b!r} not found; available: "
                                 f"{', '.join(ds.backbones) or 'none'}")
@@ -93,18 +102,20 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train fold k and predict its held-out rows (and the evaluation set).
 
-    Reads top to bottom: the fold's training part and data strategy, the crowd filter
-    (and stage 1 of two-stage training), the model, then KNN prior blending of its
-    predictions. Every fit here uses the fold's validation split for early stopping and
-    nothing of fold k's held-out rows.
+    Reads top to bottom: the fold's text-model probabilities (``meta_probs``, cross-fitted on
+    the fold's training part), the training part and data strategy, the crowd filter (and
+    stage 1 of two-stage training), the model, then its predictions. Every fit here uses the
+    fold's validation split for early stopping and nothing of fold k's held-out rows.
     """
     from bst_search import training  # torch import deferred: data-only commands stay fast
-    from bst_search.knn import KnnPrior, blend, retrieval_space
 
     t0 = time.perf_counter()
     device = training.pick_device(device or "auto")
     backbones = list(cfg["backbones"])
-    modalities = ["text" if is_text_backbone(b) else "audio" for b in backbones]
+    if META_BACKBONE in backbones:
+        dev, eval_data, crowd, holdout = meta_probs.attach(
+            cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout, log=log)
+    modalities = [backbone_modality(b) for b in backbones]
     seed = _fold_seed(cfg["seed"], k)
     train_idx, val_idx = train_val_split(dev.y, fold, k)
     rows, weights = confident_rows(cfg, dev, train_idx)
@@ -141,21 +152,10 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
 
     result = fit(X_train, y_train, weights, None, init_state=init_state, on_epoch=on_epoch)
     test_idx = np.flatnonzero(fold == k)
-    X_test = [x[test_idx] for x in X_dev]
-    proba = training.predict_proba(result.model, X_test, device=device)
     X_eval = eval_data.X(backbones) if eval_data is not None else None
-    eval_proba = None if X_eval is None else training.predict_proba(result.model, X_eval, device=device)
     X_hold = holdout.X(backbones) if holdout is not None else None  # predicted, like eval
-    hold_proba = None if X_hold is None else training.predict_proba(result.model, X_hold, device=device)
-    post = cfg["post"]
-    if post["knn_alpha"] > 0:  # the bank: exactly the rows the model was trained on
-        prior = KnnPrior(retrieval_space(X_train), y_train, k=post["knn_k"], tau=post["knn_tau"],
-                         device=device)
-        proba = blend(proba, prior.predict(retrieval_space(X_test)), post["knn_alpha"])
-        if X_eval is not None:
-            eval_proba = blend(eval_proba, prior.predict(retrieval_space(X_eval)), post["knn_alpha"])
-        if X_hold is not None:
-            hold_proba = blend(hold_proba, prior.predict(retrieval_space(X_hold)), post["knn_alpha"])
+    proba, eval_proba, hold_proba = _predict(cfg["post"], result.model, X_train, y_train, device,
+                                             [[x[test_idx] for x in X_dev], X_eval, X_hold])
     fm = metrics.evaluate(dev.y[test_idx], proba)
     return {
         "fold": k, "test_idx": test_idx, "proba": proba, "eval_proba": eval_proba,
@@ -165,6 +165,23 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
         "best_epoch": result.best_epoch, "epochs": result.epochs, "best_val_hF": result.best_val_hF,
         "seconds": time.perf_counter() - t0, "model_seconds": result.model_seconds,
     }
+
+
+def _predict(post: dict[str, Any], model: Any, X_train: list[np.ndarray], y_train: np.ndarray,
+             device: Any, sets: list[list[np.ndarray] | None]) -> list[np.ndarray | None]:
+    """The fold model's probabilities on each set (held-out, evaluation, holdout rows; None
+    for a set not given), blended with the KNN prior of the training rows under
+    ``post.knn_alpha``: the bank is exactly the rows the model was trained on."""
+    from bst_search import training
+    from bst_search.knn import KnnPrior, blend, retrieval_space
+
+    out = [None if X is None else training.predict_proba(model, X, device=device) for X in sets]
+    if post["knn_alpha"] > 0:
+        prior = KnnPrior(retrieval_space(X_train), y_train, k=post["knn_k"], tau=post["knn_tau"],
+                         device=device)
+        out = [p if X is None else blend(p, prior.predict(retrieval_space(X)), post["knn_alpha"])
+               for p, X in zip(out, sets, strict=True)]
+    return out
 
 
 def _epoch_logger(log: Callable[[str], None] | None, k: int,
@@ -314,6 +331,8 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
              "eval_fp": eval_data.fingerprint if eval_data is not None else "",
              "crowd_fp": crowd.fingerprint if crowd is not None and cfg["data"]["crowd"] != "none" else "",
              "holdout_fraction": float(holdout_fraction)}
+    if META_BACKBONE in cfg["backbones"]:  # the text beside the data fingerprints
+        state["text_fp"] = ",".join(ds.text_fp for ds in (dev, eval_data, crowd) if ds is not None)
     _start_over_if_changed(out, state)
 
     t0 = time.perf_counter()

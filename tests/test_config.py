@@ -123,3 +123,18 @@ def test_active_keys_drop_what_a_trial_does_not_use() -> None:
 def test_active_keys_need_a_resolved_configuration() -> None:
     with pytest.raises(config.ConfigError, match="resolved configuration"):
         config.active_keys({"model": {"name": "hatr"}})
+
+
+def test_meta_keys_are_active_only_with_meta_probs() -> None:
+    keys = ("meta.model", "meta.C", "model.meta_encoder")
+    plain = config.active_keys(config.load("baseline_hatr"))
+    assert not set(keys) & set(plain)
+    meta = config.active_keys(config.load("baseline_hatr", {
+        "backbones": ["clap_audio", "clap_text", "meta_probs"]}))
+    assert set(keys) <= set(meta) and "model.linear_layers" in meta  # the linear meta encoder
+    embedded = config.active_keys(config.load("baseline_hatr", {
+        "backbones": ["clap_audio", "meta_probs"], "model.meta_encoder": "class_embedding"}))
+    assert "model.linear_layers" not in embedded
+    assert config.backbone_modality("meta_probs") == "meta" and config.is_text_backbone("meta_probs")
+    with pytest.raises(config.ConfigError, match="meta.model"):
+        config.load("late_fusion", ["meta.model=bert"])

@@ -9,15 +9,19 @@ so a hit returns exactly what a fresh load would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 CACHE_VERSION = "bst-features-v1"
+T = TypeVar("T")
 ENV_CACHE_DIR = "BST_CACHE_DIR"
 
 
@@ -46,33 +50,41 @@ def cache_path(cache_dir: Path, name: str, backbones: list[str], missing: str, k
     return Path(cache_dir) / f"{safe[:120]}-{key[:24]}.npz"
 
 
-def read_cache(path: Path, backbones: list[str]) -> dict[str, object] | None:
-    """The stored payload, or None when absent, unreadable or not what we expect."""
+def read_entry(path: Path, version: str, parse: Callable[[Any], T | None]) -> T | None:
+    """``parse`` of a cache entry (an open ``.npz``), or None when the entry is absent, of
+    another version, damaged or refused by ``parse``: a cache is rebuilt, never trusted."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["version"]) != CACHE_VERSION:
+            if str(z["version"]) != version:
                 return None
-            if list(z["backbones"]) != backbones:
-                return None
-            out: dict[str, object] = {
-                "ids": z["ids"].astype(object),
-                "dropped": [str(s) for s in z["dropped"]],
-                "fingerprint": str(z["fingerprint"]),
-                "features": {b: np.ascontiguousarray(z[f"feat__{b}"], dtype=np.float32)
-                             for b in backbones},
-                "zeroed": {b: [str(s) for s in z[f"zeroed__{b}"]] for b in backbones},
-            }
+            return parse(z)
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         return None
-    return out
+
+
+def read_cache(path: Path, backbones: list[str]) -> dict[str, object] | None:
+    """The stored payload, or None when absent, unreadable or not what we expect."""
+
+    def parse(z: Any) -> dict[str, object] | None:
+        if list(z["backbones"]) != backbones:
+            return None
+        return {
+            "ids": z["ids"].astype(object),
+            "dropped": [str(s) for s in z["dropped"]],
+            "fingerprint": str(z["fingerprint"]),
+            "features": {b: np.ascontiguousarray(z[f"feat__{b}"], dtype=np.float32)
+                         for b in backbones},
+            "zeroed": {b: [str(s) for s in z[f"zeroed__{b}"]] for b in backbones},
+        }
+
+    return read_entry(path, CACHE_VERSION, parse)
 
 
 def write_cache(path: Path, *, ids: np.ndarray, dropped: list[str], fingerprint: str,
                 features: dict[str, np.ndarray], zeroed: dict[str, list[str]]) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (:func:`atomic_savez`)."""
     arrays: dict[str, np.ndarray] = {
         "version": np.array(CACHE_VERSION),
         "backbones": np.array(list(features), dtype=str),
@@ -83,6 +95,13 @@ def write_cache(path: Path, *, ids: np.ndarray, dropped: list[str], fingerprint:
     for b, m in features.items():
         arrays[f"feat__{b}"] = m
         arrays[f"zeroed__{b}"] = np.array(zeroed.get(b, []), dtype=str)
+    atomic_savez(path, arrays)
+
+
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` through a temporary file in the same folder, then ``os.replace``, so that a
+    reader never sees half a file and concurrent writers of the same entry do not clash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -96,3 +115,24 @@ def write_cache(path: Path, *, ids: np.ndarray, dropped: list[str], fingerprint:
         except OSError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (``flock``), so that trials that start together
+    compute a cache entry once: the others wait, then read it. Where no lock can be had (no
+    ``fcntl``, a read-only cache folder, a file system that refuses locks) it does not lock:
+    each process then computes the same entry, which costs time but not correctness."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(path.with_name(path.name + ".lock"), "a+b"))
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+        except OSError:
+            pass
+        yield

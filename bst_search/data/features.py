@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bst_search.config import is_text_backbone  # noqa: F401 - the data layer's name for it
 from bst_search.data.errors import list_ids
 
 FEATURES_DIR = "features"
@@ -35,11 +36,6 @@ def discover_backbones(root: Path) -> list[str]:
         return []
     return sorted(e.name[: -len(SUFFIX)] for e in os.scandir(folder)
                   if e.is_dir() and e.name.endswith(SUFFIX) and len(e.name) > len(SUFFIX))
-
-
-def is_text_backbone(name: str) -> bool:
-    """Text backbones embed metadata, not audio: a name with ``text`` in it (``clap_text``)."""
-    return "text" in name
 
 
 def backbone_dir(root: Path, name: str) -> Path:

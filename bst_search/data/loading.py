@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bst_search import taxonomy as tx
 from bst_search.data.cache import cache_key, cache_path, default_cache_dir, read_cache, write_cache
@@ -25,6 +26,7 @@ from bst_search.data.features import (
     scan,
 )
 from bst_search.data.metadata import Metadata, read_metadata
+from bst_search.data.texts import aligned, check_table, text_fingerprint
 
 log = logging.getLogger("bst_search.data")
 
@@ -51,7 +53,8 @@ def fingerprint(ids: np.ndarray, y: np.ndarray | None, features: dict[str, np.nd
 
 @dataclass(eq=False, repr=False)
 class Dataset:
-    """A dataset in memory: ids in metadata order, labels, and one matrix per backbone."""
+    """A dataset in memory: ids in metadata order, labels, one matrix per backbone and the
+    metadata text by id (``texts``: title, tags, description; None when the file has none)."""
 
     name: str
     root: Path
@@ -66,6 +69,9 @@ class Dataset:
     dropped: list[str] = field(default_factory=list)
     zeroed: dict[str, list[str]] = field(default_factory=dict)
     cache_hit: bool = False  # True when the features came from the consolidation cache
+    texts: pd.DataFrame | None = None
+    # not an init field: dataclasses.replace (a new texts table) starts it empty again
+    _text_fp: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         """Normalise types and check alignment, so hand-built datasets obey the same contract."""
@@ -88,6 +94,8 @@ class Dataset:
                 raise DataError(f"{self.name}: features[{b!r}] has shape {m.shape}, "
                                 f"expected ({n}, dim)")
             self.features[b] = m
+        if self.texts is not None:
+            check_table(self.texts, self.name)
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.ids, self.y, self.features)
 
@@ -102,6 +110,21 @@ class Dataset:
     @property
     def backbones(self) -> list[str]:
         return list(self.features)
+
+    @property
+    def text_fp(self) -> str:
+        """Hash of the text table ('' without one), beside the data fingerprint, which leaves
+        text out so that the fingerprints of existing datasets do not change."""
+        if self.texts is not None and not self._text_fp:
+            self._text_fp = text_fingerprint(self.texts)
+        return self._text_fp
+
+    def text_rows(self) -> pd.DataFrame:
+        """Title, tags and description of every row, in row order ('' where a sound has none)."""
+        if self.texts is None:
+            raise DataError(f"{self.name} ({self.root}): the metadata has no title, tags or "
+                            f"description column")
+        return aligned(self.texts, self.ids)
 
     @property
     def codes(self) -> np.ndarray | None:
@@ -243,4 +266,4 @@ def _assemble(meta: Metadata, root: Path, keep: np.ndarray, features: dict[str, 
         uploader=meta.uploader[keep] if meta.uploader is not None else None,
         features=features, fingerprint=fp, n_excluded=meta.n_excluded,
         dropped=list(dropped), zeroed={b: list(v) for b, v in zeroed.items()},
-        cache_hit=cache_hit)
+        cache_hit=cache_hit, texts=meta.texts)

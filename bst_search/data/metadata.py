@@ -16,6 +16,7 @@ import pandas as pd
 
 from bst_search import taxonomy as tx
 from bst_search.data.errors import DataError, list_ids
+from bst_search.data.texts import read_texts
 
 LABELLED_ID = "sound_id"
 UNLABELLED_ID = "anonymous_id"
@@ -34,6 +35,7 @@ class Metadata:
     confidence: np.ndarray | None
     uploader: np.ndarray | None
     n_excluded: int
+    texts: pd.DataFrame | None = None  # title, tags, description by id (None: no such column)
 
 
 def find_metadata(root: Path) -> tuple[str, Path]:
@@ -152,9 +154,10 @@ def read_metadata(root: Path) -> Metadata:
     ids = _column(df, id_col)
     _check_ids(path, ids, id_col)
     uploader = _column(df, "uploader") if "uploader" in cols else None
+    texts = read_texts(df, ids)
     if not labelled:
         return Metadata(name=name, path=path, raw=raw, labelled=False, ids=ids, y=None,
-                        confidence=None, uploader=uploader, n_excluded=0)
+                        confidence=None, uploader=uploader, n_excluded=0, texts=texts)
 
     codes = _column(df, "class")
     unknown = np.array([c not in tx.KNOWN_CODES for c in codes], dtype=bool)
@@ -184,4 +187,4 @@ def read_metadata(root: Path) -> Metadata:
         name=name, path=path, raw=raw, labelled=True, ids=ids[keep],
         y=tx.encode(codes[keep]), confidence=conf[keep],
         uploader=uploader[keep] if uploader is not None else None,
-        n_excluded=int(excluded.sum()))
+        n_excluded=int(excluded.sum()), texts=None if texts is None else texts[keep])

@@ -12,6 +12,7 @@ from bst_search.registry import Registry
 from bst_search.taxonomy import N_CLASSES
 
 MODELS = Registry("model.name")
+MODALITIES = ("audio", "text", "meta")
 register_model = MODELS.register
 
 
@@ -35,17 +36,20 @@ def build_model(cfg: dict, input_dims: list[int], modalities: list[str],
                 n_classes: int = N_CLASSES) -> nn.Module:
     """Instantiate ``cfg["model"]["name"]`` for backbones of the given input dims.
 
-    ``input_dims[i]`` and ``modalities[i]`` ("audio" or "text") describe backbone
-    ``cfg["backbones"][i]``; the model's ``forward(xs)`` takes the embeddings in that order.
+    ``input_dims[i]`` and ``modalities[i]`` ("audio", "text", or "meta" for ``meta_probs``,
+    see :func:`bst_search.config.backbone_modality`) describe backbone ``cfg["backbones"][i]``;
+    the model's ``forward(xs)`` takes the embeddings in that order.
     """
     cls = MODELS.lookup(cfg["model"]["name"])
     if not input_dims:
         raise ValueError("build_model: need at least one backbone")
     if len(modalities) != len(input_dims):
         raise ValueError(f"build_model: {len(input_dims)} input dims but {len(modalities)} modalities")
-    bad = [m for m in modalities if m not in ("audio", "text")]
+    bad = [m for m in modalities if m not in MODALITIES]
     if bad:
-        raise ValueError(f"build_model: modalities must be 'audio' or 'text', got {bad}")
+        raise ValueError(f"build_model: modalities must be one of {', '.join(MODALITIES)}, got {bad}")
+    if modalities.count("meta") > 1:
+        raise ValueError("build_model: at most one meta (meta_probs) input")
     model = cls.from_config(cfg, list(input_dims), list(modalities), n_classes)
     init_weights(model, cfg["model"]["init"])
     return model

@@ -2,9 +2,13 @@
 
 Every encoder is one registered class with
 ``from_config(cfg, dim, modality) -> encoder``, where ``dim`` is the width of its backbone's
-embedding and ``modality`` is "audio" or "text" (given so that a modality-specific encoder
-needs no other plumbing). ``late_fusion`` builds one encoder per backbone; the official
+embedding and ``modality`` is "audio", "text" or "meta" (given so that a modality-specific
+encoder needs no other plumbing). ``late_fusion`` builds one encoder per backbone; the official
 baseline (``hatr``) reuses :class:`EmbeddingEncoder` directly.
+
+The ``meta_probs`` branch (23 text-model class probabilities + a no-text flag) has its own
+choice, ``model.meta_encoder``, from :data:`META_ENCODERS`: ``linear`` (the class above) or
+``class_embedding``. Both models build it with :func:`meta_encoder`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from bst_search.registry import Registry
 
 ENCODERS = Registry("model.encoder")
 register_encoder = ENCODERS.register
+META_ENCODERS = Registry("model.meta_encoder")
+register_meta_encoder = META_ENCODERS.register
 
 
+@register_meta_encoder("linear")
 @register_encoder("linear")
 class LinearEncoder(nn.Module):
     """``n_layers`` Linear layers to ``hidden`` with GELU + dropout between (the late-fusion system and MESH).
@@ -88,3 +95,31 @@ class EmbeddingEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_norm(self.out_proj(self.blocks(self.in_proj(self.in_norm(x)))))
+
+
+@register_meta_encoder("class_embedding")
+class ClassEmbeddingEncoder(nn.Module):
+    """The winning system's metadata branch: m = qᵀE, E a learned (23, hidden) matrix of class
+    embeddings, so m is the probability-weighted mixture of the class vectors (rank one in q:
+    no bias, no non-linearity), plus a learned vector for a sound flagged as having no text
+    (whose q is the training part's class prior).
+
+    Input: (B, 24), the 23 probabilities then the flag. E and the no-text vector are the
+    columns of one bias-free Linear, so ``model.init`` initialises them like any layer.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.E = nn.Linear(dim, hidden, bias=False)  # rows of E.weight.T: class vectors, no-text vector
+
+    @classmethod
+    def from_config(cls, cfg: dict, dim: int, modality: str) -> ClassEmbeddingEncoder:
+        return cls(dim, cfg["model"]["hidden"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.E(x)
+
+
+def meta_encoder(cfg: dict, dim: int) -> nn.Module:
+    """The ``meta_probs`` branch's encoder, ``model.meta_encoder``: (B, dim) -> (B, hidden)."""
+    return META_ENCODERS.lookup(cfg["model"]["meta_encoder"]).from_config(cfg, dim, "meta")

@@ -1,7 +1,7 @@
 """Fusions of the composed model (``model.fusion``): M encodings (B, hidden) -> (B, hidden).
 
 A fusion is one registered class with ``from_config(cfg, modalities) -> fusion`` and
-``forward(hs: list[Tensor]) -> Tensor``; ``modalities[i]`` ("audio" or "text") describes
+``forward(hs: list[Tensor]) -> Tensor``; ``modalities[i]`` ("audio", "text" or "meta") describes
 ``hs[i]`` and is fixed at construction, the width of every ``hs[i]`` is ``model.hidden``.
 Every fusion accepts any M >= 1, so a trial over a single backbone runs with any fusion. To
 add a fusion, write one decorated class here (and allow its name in ``model.fusion``).
@@ -130,7 +130,8 @@ class GatedFusion(nn.Module):
 
     The anchor ``a`` is the first audio backbone's encoding (the first backbone when none is
     audio). Text encodings first pass their own :class:`HighwayAdapter` (a text anchor too);
-    audio ones enter unchanged. Every other backbone ``o'_i`` is added to the anchor through a
+    audio ones and the ``meta_probs`` encoding (already a learned map of probabilities, nothing
+    pretrained to keep) enter unchanged. Every other backbone ``o'_i`` is added to the anchor through a
     gated residual: z = a + Σ_i h_i ⊙ W_i o'_i with h_i = sigmoid(U_i [a; o'_i]), so each
     extra backbone can only refine the anchor, per feature and per sample. With M = 1
     (an audio backbone) z = a.

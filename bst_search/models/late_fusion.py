@@ -4,7 +4,9 @@
 (:mod:`~bst_search.models.encoders`, :mod:`~bst_search.models.fusions`,
 :mod:`~bst_search.models.heads`), so the seeds' architectures are points of one search
 space. The defaults (linear encoder, transformer fusion with mean pooling, flat head of
-depth 2) are exactly the late-fusion system's late fusion model, layer for layer.
+depth 2) are exactly the late-fusion system's late fusion model, layer for layer. The
+``meta_probs`` input is one more branch whose encoder is ``model.meta_encoder``; every fusion
+takes it as one more encoding of width ``hidden``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from bst_search.models.base import register_model
-from bst_search.models.encoders import ENCODERS
+from bst_search.models.encoders import ENCODERS, meta_encoder
 from bst_search.models.fusions import FUSIONS
 from bst_search.models.heads import HEADS
 
@@ -38,7 +40,8 @@ class LateFusion(nn.Module):
                     n_classes: int) -> LateFusion:
         m = cfg["model"]
         enc = ENCODERS.lookup(m["encoder"])
-        encoders = [enc.from_config(cfg, d, mod) for d, mod in zip(input_dims, modalities, strict=True)]
+        encoders = [meta_encoder(cfg, d) if mod == "meta" else enc.from_config(cfg, d, mod)
+                    for d, mod in zip(input_dims, modalities, strict=True)]
         fusion = FUSIONS.lookup(m["fusion"]).from_config(cfg, list(modalities))
         head = HEADS.lookup(m["head"]).from_config(cfg, n_classes)
         return cls(encoders, fusion, head, modalities)

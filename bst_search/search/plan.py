@@ -168,9 +168,12 @@ def plan_sweep(args: argparse.Namespace, space: SearchSpace, workdir: Path,
 def load_data(plan: SweepPlan) -> SweepData:
     """Load and validate the sweep's datasets once, with their fingerprints."""
     from bst_search.data import load_dataset
+    from bst_search.data.meta_probs import loadable_backbones
+    from bst_search.data.text_models import TEXT_MODELS
     from bst_search.folds import development_fold_fp
 
-    backbones = plan.space.backbones_needed()
+    backbones = loadable_backbones(plan.space.backbones_needed(),  # meta_probs is computed
+                                   [m for m in TEXT_MODELS if plan.space.can_take("meta.model", m)])
 
     def load(root: str | None) -> Dataset | None:
         return (load_dataset(Path(root), backbones=backbones, missing=plan.missing, progress=True)

@@ -401,3 +401,61 @@ def test_late_fusion_preset_is_seed_000_layer_for_layer() -> None:
     assert n_params(model) == sum(math.prod(s) for s in shapes) == 6_054_935
     assert sum(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()) == 1
     assert sum(isinstance(m, nn.LayerNorm) for m in model.modules()) == 5
+
+
+# --- the meta_probs branch ---------------------------------------------------------------
+
+META_DIM = N_CLASSES + 1  # 23 probabilities + the no-text flag
+
+
+def _meta_inputs(dims: list[int]) -> list[torch.Tensor]:
+    xs = _inputs(dims)
+    xs[-1] = torch.cat([torch.softmax(torch.randn(B, N_CLASSES), dim=1),
+                        torch.tensor([[0.0], [1.0], [0.0], [0.0]])], dim=1)
+    return xs
+
+
+def test_meta_encoders_match_the_schema() -> None:
+    from bst_search.models.encoders import META_ENCODERS
+
+    assert set(META_ENCODERS) == set(SCHEMA["model.meta_encoder"].choices)
+
+
+@pytest.mark.parametrize("meta_encoder", ["linear", "class_embedding"])
+@pytest.mark.parametrize("fusion", ["concat", "attention", "transformer", "gated"])
+def test_every_fusion_takes_the_meta_branch(fusion: str, meta_encoder: str) -> None:
+    torch.manual_seed(0)
+    dims, mods = [16, 24, META_DIM], ["audio", "text", "meta"]
+    model = build_model(piece_cfg(**{"model.fusion": fusion, "model.meta_encoder": meta_encoder}),
+                        dims, mods)
+    model.train()
+    out = model(_meta_inputs(dims))
+    _check_out(out, "flat")
+    out["logits"].sum().backward()
+    grads = [p.grad for p in model.encoders[2].parameters()]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_class_embedding_is_a_mixture_of_class_vectors() -> None:
+    from bst_search.models.encoders import ClassEmbeddingEncoder
+
+    enc = ClassEmbeddingEncoder(META_DIM, HIDDEN)
+    x = _meta_inputs([META_DIM])[0]
+    E = enc.E.weight.T  # (24, hidden): 23 class vectors, then the no-text vector
+    assert torch.allclose(enc(x), x[:, :N_CLASSES] @ E[:N_CLASSES] + x[:, N_CLASSES:] * E[N_CLASSES])
+    assert n_params(enc) == META_DIM * HIDDEN  # no bias, no non-linearity
+
+
+def test_hatr_joins_the_meta_encoding_to_its_text_side() -> None:
+    torch.manual_seed(0)
+    cfg = small_cfg("hatr", **{"model.meta_encoder": "class_embedding"})
+    model = build_model(cfg, [16, 24, META_DIM], ["audio", "text", "meta"])
+    assert len(model.encoders) == 2  # audio and text, as the official model
+    assert model.encoders[1].in_norm.num_features == 24 + 32  # text embedding + meta encoding
+    out = model(_meta_inputs([16, 24, META_DIM]))
+    assert out["logits"].shape == (B, N_CLASSES) and model.last_attention.shape == (B, 2)
+    alone = build_model(cfg, [16, META_DIM], ["audio", "meta"])  # no text: meta is the text side
+    assert len(alone.encoders) == 2 and alone.encoders[1].in_norm.num_features == 32
+    assert alone(_meta_inputs([16, META_DIM]))["logits"].shape == (B, N_CLASSES)
+    with pytest.raises(ValueError, match="at most one meta"):
+        build_model(cfg, [16, META_DIM, META_DIM], ["audio", "meta", "meta"])

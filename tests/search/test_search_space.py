@@ -20,6 +20,7 @@ from bst_search.search.space import (
     SpaceError,
     is_text_backbone,
     load_space,
+    space_from_dict,
 )
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -116,7 +117,7 @@ def test_mesh_sampling_respects_conditions_and_backbones() -> None:
     # the checks above were not vacuous: every conditional was seen both ways
     assert all(seen_on.values()) and all(seen_off.values()), (seen_on, seen_off)
     subsets = {tuple(s["backbones"]) for s in samples}
-    assert len(subsets) == len(space.params["backbones"].subsets) == 6
+    assert len(subsets) == len(space.params["backbones"].subsets) == 12  # 4 backbones, 1 audio+
 
 
 def test_sampling_is_deterministic() -> None:
@@ -418,7 +419,8 @@ def test_a_space_no_combination_of_which_is_valid_is_refused(tmp_path: Path, tex
 
 def test_mesh_without_crowd_data_and_panns_drops_what_needs_them() -> None:
     mesh = load_space(SPACES / "mesh.yaml")
-    space, dropped = mesh.restricted_to(["clap_audio", "clap_text"], has_crowd=False)
+    # minilm_text: what meta.model=minilm_lr reads (without it, that value leaves the space)
+    space, dropped = mesh.restricted_to(["clap_audio", "clap_text", "minilm_text"], has_crowd=False)
     assert dropped[0] == "backbones=panns (no embeddings)"
     assert dropped[1].startswith("data.crowd=all|teacher|el2n|uploader_cap|union|intersection")
     assert {"data.two_stage", "data.pretrain_epochs", "data.crowd_a", "data.el2n_drop"} <= set(dropped)
@@ -428,7 +430,8 @@ def test_mesh_without_crowd_data_and_panns_drops_what_needs_them() -> None:
         cfg = space.config(s)
         assert "panns" not in cfg["backbones"] and cfg["data"]["crowd"] == "none"
         assert not cfg["data"]["two_stage"]
-    same, nothing = mesh.restricted_to(["clap_audio", "clap_text", "panns"], has_crowd=True)
+    same, nothing = mesh.restricted_to(["clap_audio", "clap_text", "panns", "minilm_text"],
+                                       has_crowd=True)
     assert nothing == [] and same.params.keys() == mesh.params.keys()
 
 
@@ -472,7 +475,7 @@ def test_data_available_reads_the_layout(tiny_data: dict) -> None:
 
     got = data_available(tiny_data["dev"], tiny_data["eval"], tiny_data["crowd"])
     assert got == {"available_backbones": ["clap_audio", "clap_text", "panns"], "has_crowd": True,
-                   "has_confidence": True, "crowd_confidence": False}
+                   "has_confidence": True, "crowd_confidence": False, "has_text": True}
     assert data_available(tiny_data["dev"], None, None)["has_crowd"] is False
 
 
@@ -492,3 +495,36 @@ def test_conditional_backbones_fall_back_to_base(tmp_path: Path) -> None:
               model.name: {type: categorical, choices: [hatr, late_fusion]}
               backbones: {type: subset, choices: [clap_audio, clap_text], when: {model.name: hatr}}
         """))
+
+
+def test_data_without_text_drop_meta_probs_and_its_keys() -> None:
+    mesh = load_space(SPACES / "mesh.yaml")
+    available = ["clap_audio", "clap_text", "panns", "minilm_text"]
+    space, dropped = mesh.restricted_to(available, has_crowd=True, has_text=False)
+    assert dropped[0] == "backbones=meta_probs (no metadata text)"
+    assert {"meta.model (no metadata text)", "meta.C (no metadata text)",
+            "model.meta_encoder (no metadata text)"} <= set(dropped)
+    assert not any("meta_probs" in s for s in space.params["backbones"].subsets)
+    assert not {"meta.model", "meta.C", "model.meta_encoder"} & set(space.params)
+    # without minilm_text embeddings, only the text model that needs them leaves
+    space, dropped = mesh.restricted_to(available[:3], has_crowd=True)
+    assert dropped == ["meta.model=minilm_lr (no minilm_text embeddings)"]
+    assert space.params["meta.model"].choices == ("tfidf_lr",)
+    # nothing to drop: base/fixed values needing text are an error
+    fixed = space_from_dict({"base": "late_fusion",
+                             "fixed": {"backbones": ["clap_audio", "meta_probs"]}}, "x.yaml")
+    with pytest.raises(SpaceError, match=r"needs metadata text \(for meta_probs\)"):
+        fixed.restricted_to(["clap_audio"], has_crowd=False, has_text=False)
+
+
+def test_data_available_sees_metadata_text(tiny_data: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from bst_search.search.space import data_available
+
+    root = tmp_path / "eval"
+    shutil.copytree(tiny_data["eval"] / "metadata", root / "metadata")
+    csv = root / "metadata" / "eval_metadata.csv"
+    csv.write_text("anonymous_id\n" + "\n".join(f"e{i}" for i in range(3)) + "\n")
+    assert data_available(tiny_data["dev"], None, None)["has_text"] is True
+    assert data_available(tiny_data["dev"], root, None)["has_text"] is False

@@ -6,6 +6,7 @@
   what the data allow a sweep to search (:func:`data_available`).
 """
 
+from bst_search.config import is_text_backbone
 from bst_search.search.space.model import (
     MAX_SUBSET_CHOICES,
     SUBSET_SEP,
@@ -13,7 +14,6 @@ from bst_search.search.space.model import (
     Param,
     SearchSpace,
     SpaceError,
-    is_text_backbone,
 )
 from bst_search.search.space.parse import load_space, space_from_dict
 from bst_search.search.space.rules import data_available, unsatisfiable

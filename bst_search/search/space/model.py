@@ -18,6 +18,7 @@ from bst_search.search.space.rules import (
     CONFIDENCE_KEYS,
     DATA_NEEDS,
     DATA_WHAT,
+    META_KEYS,
     unsatisfiable,
 )
 
@@ -55,11 +56,6 @@ class InvalidSample(ValueError):
 MAX_RULE_COMBINATIONS = 200_000
 # Values of a rule key that the enumeration tries for an int range (all of them up to this many)
 MAX_INT_VALUES = 64
-
-
-def is_text_backbone(name: str) -> bool:
-    """Text backbones embed metadata, not audio; every trial needs at least one audio one."""
-    return "text" in name
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -172,6 +168,21 @@ class Param:
         )
 
 
+def _why_gone(gone: list[str]) -> str:
+    """Why backbones left a space: no embedding folder, or (meta_probs) no metadata text."""
+    embeddings = [b for b in gone if b != config.META_BACKBONE]
+    return ", ".join(why for why, hit in (("no embeddings", embeddings),
+                                          ("no metadata text", len(embeddings) < len(gone))) if hit)
+
+
+def _missing_backbones(gone: list[str]) -> str:
+    """What backbones need that the data lack, for an error about base or fixed values."""
+    embeddings = [b for b in gone if b != config.META_BACKBONE]
+    return " and ".join(what for what, hit in (
+        (f"embeddings of {', '.join(embeddings)}", embeddings),
+        ("metadata text (for meta_probs)", len(embeddings) < len(gone))) if hit)
+
+
 @dataclass
 class SearchSpace:
     """A validated search space; build it with :func:`load_space`."""
@@ -211,8 +222,8 @@ class SearchSpace:
         return out
 
     def restricted_to(self, available_backbones: Collection[str], has_crowd: bool,
-                      has_confidence: bool = True, crowd_confidence: bool = True
-                      ) -> tuple[SearchSpace, list[str]]:
+                      has_confidence: bool = True, crowd_confidence: bool = True,
+                      has_text: bool = True) -> tuple[SearchSpace, list[str]]:
         """This space without what needs data the sweep does not have, and what was dropped.
 
         A backbone without embeddings leaves the ``backbones`` subsets; a value listed in
@@ -222,18 +233,21 @@ class SearchSpace:
         base/fixed set cannot be dropped: needing missing data there is a :class:`SpaceError`,
         as is a restricted space none of whose combinations passes the rules. Crowd data
         without confidences add a data rule (:meth:`violation`): no confidence key together
-        with a crowd strategy. ``dropped`` is one short entry per change
+        with a crowd strategy. Data without metadata text (``has_text``) cannot give
+        ``meta_probs``: it leaves the subsets like a backbone without embeddings, and the
+        ``meta.*`` keys go with it. ``dropped`` is one short entry per change
         (``data.crowd=all|teacher (no crowd data)``; a parameter dropped because its ``when``
         can no longer hold is named alone).
         """
-        missing = {"crowd": not has_crowd, "confidence": not has_confidence}
-        available = set(available_backbones)
+        missing = {"crowd": not has_crowd, "confidence": not has_confidence,
+                   "minilm": "minilm_text" not in available_backbones}
+        available = set(available_backbones) | ({config.META_BACKBONE} if has_text else set())
         fallback = self._fallback()
 
         def needs(key: str, value: Any) -> str | None:
             if key == "backbones":
                 gone = [b for b in value if b not in available]
-                return f"embeddings of {', '.join(gone)}" if gone else None
+                return _missing_backbones(gone) if gone else None
             what, test = DATA_NEEDS.get(key, (None, None))
             return DATA_WHAT[what] if what and missing[what] and test(value) else None
 
@@ -254,19 +268,13 @@ class SearchSpace:
             if len(when) < len(p.when) or not all(when.values()):
                 dropped.append(p.name)  # its `when` cannot hold any more
                 continue
+            if p.name in META_KEYS and config.META_BACKBONE not in available:
+                dropped.append(f"{p.name} (no metadata text)")
+                continue
             why = next(filter(None, (needs(p.name, v) for v in p.representatives())), None)
             q = dataclasses.replace(p, when=when)
             if why and p.type == "subset":
-                subsets = tuple(x for x in p.subsets if all(b in available for b in x))
-                gone = [b for b in p.choices if b not in available]
-                dropped.append(f"{p.name}={'|'.join(gone)} (no embeddings)")
-                if not subsets:
-                    raise SpaceError(f"{self.source}: params.{p.name}: no valid subset is left "
-                                     f"without {', '.join(gone)} (no embeddings)")
-                keep = tuple(b for b in p.choices if b in available)
-                q = dataclasses.replace(q, choices=keep, subsets=subsets,
-                                        min_size=min(len(x) for x in subsets),
-                                        max_size=max(len(x) for x in subsets))
+                q = self._subsets_within(q, available, dropped)
             elif why:
                 keep = tuple(c for c in p.choices if not needs(p.name, c))
                 gone = [c for c in p.choices if needs(p.name, c)] if keep else []
@@ -282,6 +290,20 @@ class SearchSpace:
             raise SpaceError(f"{self.source}: without {', '.join(dropped)}, every combination "
                              f"breaks a configuration rule: {problem}")
         return out, dropped
+
+    def _subsets_within(self, p: Param, available: set[str], dropped: list[str]) -> Param:
+        """A subset parameter without the subsets that need what is not available."""
+        subsets = tuple(x for x in p.subsets if all(b in available for b in x))
+        gone = [b for b in p.choices if b not in available]
+        why = _why_gone(gone)
+        dropped.append(f"{p.name}={'|'.join(gone)} ({why})")
+        if not subsets:
+            raise SpaceError(f"{self.source}: params.{p.name}: no valid subset is left "
+                             f"without {', '.join(gone)} ({why})")
+        keep = tuple(b for b in p.choices if b in available)
+        return dataclasses.replace(p, choices=keep, subsets=subsets,
+                                   min_size=min(len(x) for x in subsets),
+                                   max_size=max(len(x) for x in subsets))
 
     def violation(self, sampled: Mapping[str, Any]) -> str | None:
         """The cross-key rule a sampled combination breaks (its message), or None."""

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from bst_search import config
-from bst_search.config import ConfigError
+from bst_search.config import ConfigError, is_text_backbone
 from bst_search.search.schedulers import SCHEDULERS
 from bst_search.search.space.model import (
     MAX_SUBSET_CHOICES,
@@ -52,7 +52,6 @@ from bst_search.search.space.model import (
     SpaceError,
     checked_value,
     is_number,
-    is_text_backbone,
     same_value,
 )
 from bst_search.search.space.rules import unsatisfiable

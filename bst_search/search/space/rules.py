@@ -42,9 +42,13 @@ DATA_NEEDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.two_stage": ("crowd", lambda v: v is True),
     "data.min_confidence": ("confidence", lambda v: v > 0),
     "data.confidence_weighting": ("confidence", lambda v: v is True),
+    "meta.model": ("minilm", lambda v: v == "minilm_lr"),
 }
 CONFIDENCE_KEYS = ("data.min_confidence", "data.confidence_weighting")
-DATA_WHAT = {"crowd": "crowd data", "confidence": "confidences"}
+DATA_WHAT = {"crowd": "crowd data", "confidence": "confidences",
+             "minilm": "minilm_text embeddings"}
+# Keys that only the meta_probs backbone reads: without metadata text they leave the space.
+META_KEYS = ("meta.model", "meta.C", "model.meta_encoder")
 
 
 def unsatisfiable(space: SearchSpace, budget: int = MAX_RULE_COMBINATIONS) -> str | None:
@@ -92,10 +96,13 @@ def unsatisfiable(space: SearchSpace, budget: int = MAX_RULE_COMBINATIONS) -> st
 def data_available(data: str | Path, *others: str | Path | None) -> dict[str, Any]:
     """What a sweep's data offer, read from the layout without loading embeddings, as the
     keyword arguments of :meth:`SearchSpace.restricted_to`: the backbones every given root
-    has, and whether the development and crowd sets carry confidences. ``others`` are the
-    evaluation and crowd roots (None when not given); the last one is the crowd root."""
+    has, whether the development and crowd sets carry confidences, and whether every given
+    root's metadata has text (a title, tags or description column), which ``meta_probs``
+    reads. ``others`` are the evaluation and crowd roots (None when not given); the last one
+    is the crowd root."""
     from bst_search.data import discover_backbones
     from bst_search.data.metadata import find_metadata
+    from bst_search.data.texts import TEXT_FIELDS
 
     roots = [Path(r) for r in (data, *others) if r is not None]
     backbones = set(discover_backbones(roots[0]))
@@ -113,6 +120,13 @@ def data_available(data: str | Path, *others: str | Path | None) -> dict[str, An
         conf = pd.read_csv(path, usecols=["confidence"], dtype=str)["confidence"]
         return bool(conf.fillna("").str.strip().ne("").any())
 
+    def has_text(root: Path) -> bool:
+        import pandas as pd
+
+        _, path = find_metadata(root)
+        return bool(set(TEXT_FIELDS) & {str(c).strip() for c in pd.read_csv(path, nrows=0).columns})
+
     return {"available_backbones": sorted(backbones), "has_crowd": crowd is not None,
             "has_confidence": has_confidence(Path(data)),
-            "crowd_confidence": crowd is None or has_confidence(Path(crowd))}
+            "crowd_confidence": crowd is None or has_confidence(Path(crowd)),
+            "has_text": all(has_text(r) for r in roots)}
