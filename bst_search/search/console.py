@@ -122,17 +122,21 @@ class Console(tune.Callback):
                     f"{last.get('folds_done', 0)}/{self.n_folds} folds kept)")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._check_budget()
+        if self._view_due():  # Tune steps many times a second: count only what is shown
+            self._count(trials)
+            self._view()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._count(trials)
+
+    def _count(self, trials: list) -> None:
         status = [t.status for t in trials]
         done = sum(s in ("TERMINATED", "ERROR") for s in status)
         running = sum(s == "RUNNING" for s in status)
         waiting = sum(s in ("PENDING", "PAUSED") for s in status)
         pending = waiting if self.trials < 0 else max(waiting, self.trials - done - running)
         self.counts = {"done": done, "running": running, "pending": pending}
-        self._check_budget()
-        self._view()
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.on_step_end(0, trials)
 
     # -- what is shown ---------------------------------------------------------------------
     def _record(self, trial: Any, result: dict[str, Any], outcome: str) -> None:
@@ -173,19 +177,18 @@ class Console(tune.Callback):
             return by_rate if left is None else min(by_rate, left)
         return left
 
-    def _view(self) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self._live is not None:
-            if now - self._last_view >= LIVE_EVERY_S:
-                from rich.text import Text
+    def _view_due(self) -> bool:
+        every = LIVE_EVERY_S if self._live is not None else PLAIN_EVERY_S
+        return self.enabled and time.monotonic() - self._last_view >= every
 
-                self._live.update(Text(self.view_line(), style="bold"), refresh=True)
-                self._last_view = now
-        elif now - self._last_view >= PLAIN_EVERY_S:
+    def _view(self) -> None:
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(self.view_line(), style="bold"), refresh=True)
+        else:
             self._print(f"[{time.strftime('%H:%M:%S')}] {self.view_line()}")
-            self._last_view = now
+        self._last_view = time.monotonic()
 
     def _print(self, line: str, always: bool = False) -> None:
         if not (self.enabled or always):
