@@ -359,7 +359,7 @@ def test_a_time_budget_ends_the_sweep_like_ctrl_c_and_exits_0(tiny_data, tmp_pat
                              timeout=120)  # no budget: it would never end
     assert refused.returncode == 2 and "resume it with --time-budget" in refused.stderr
 
-    again = subprocess.run(cmd + ["--resume", "--time-budget", "15s"], env=_env(),
+    again = subprocess.run(cmd + ["--resume", "--time-budget", "30s"], env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     done = {x.data.tags["bst.trial_id"]: x for x in _trial_runs(uri, "budget", "FINISHED")}
