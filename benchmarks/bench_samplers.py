@@ -1,7 +1,7 @@
 """TPE against random search and a Gaussian process at equal budgets, on the synthetic testbed.
 
 Each sampler runs ``--seeds`` independent sweeps of ``--trials`` trials over the demo space
-(``search_spaces/demo.yaml``: late fusion over backbone subsets, learning rate, dropout,
+(the packaged ``demo`` space: late fusion over backbone subsets, learning rate, dropout,
 hierarchical loss weight, label smoothing, class weights). It prints the best-so-far
 objective (mean and spread over seeds) after 8, 16 and 24 trials and saves the curves as
 a PNG.
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bst_search.search.samplers import make_sampler
-from bst_search.search.space import load_space, space_from_dict
+from bst_search.search.space import SPACE_DIR, load_space, space_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = (8, 16, 24)
@@ -50,10 +50,10 @@ def bench_space(epochs: int):
     """The demo space with a budget that makes one trial take seconds on one core."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    raw = yaml.safe_load((SPACE_DIR / "demo.yaml").read_text())
     raw["fixed"].update({"model.hidden": 64, "model.heads": 2, "train.max_epochs": epochs,
                          "train.patience": epochs, "train.warmup_epochs": 1})
-    load_space(ROOT / "search_spaces" / "demo.yaml")  # the shipped file itself is valid
+    load_space("demo")  # the shipped file itself is valid
     return space_from_dict(raw, source="demo.yaml (benchmark budget)")
 
 

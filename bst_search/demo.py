@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEMO_N, DEMO_EVAL_N = 4000, 2000
 DEMO_AUDIO_N = 24  # data/audio_demo: generated clips for `bst-search extract` (README, Extraction)
 DEMO_HOLDOUT = 0.2  # development rows no trial and no selection sees: the end-to-end check
@@ -39,11 +38,11 @@ def run_demo(workdir: Path, trials: int = 8, experiment: str = "demo") -> int:
         p = workdir / old  # the demo owns its work dir: every `make demo` starts a fresh sweep
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    print(f"== 2/4 sweep: {trials} trials of search_spaces/demo.yaml with Ray Tune + Optuna "
+    print(f"== 2/4 sweep: {trials} trials of the packaged demo space with Ray Tune + Optuna "
           f"({DEMO_HOLDOUT:.0%} of the development sounds held out from the search)")
     args = build_parser().parse_args([
         "--data", str(data / "dev"), "--eval-data", str(data / "eval"),
-        "--space", str(SPACES / "demo.yaml"), "--experiment", experiment, "--trials", str(trials),
+        "--space", "demo", "--experiment", experiment, "--trials", str(trials),
         "--workdir", str(workdir), "--holdout-fraction", str(DEMO_HOLDOUT)])
     summary = run_search(args)
     print_summary(summary, experiment)

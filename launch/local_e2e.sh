@@ -116,7 +116,7 @@ ray exec "$yaml" "bst-search synth --out $data --n 600 --eval-n 150 --seed 0" > 
     echo "error: ray exec (synth) failed:" >&2; tail -n 40 "$conf/ray-exec.log" >&2; exit 1; }
 t_submit=$(now)
 ray submit "$yaml" launch/search.py -- --address 127.0.0.1:6388 \
-    --data "$data/dev" --eval-data "$data/eval" --space search_spaces/smoke.yaml \
+    --data "$data/dev" --eval-data "$data/eval" --space smoke \
     --experiment "e2e-$tag" --trials "$trials" --concurrency 1 --workdir "$data/runs" \
     > "$conf/ray-submit.log" 2>&1 || {
     echo "error: ray submit failed; the end of $conf/ray-submit.log:" >&2

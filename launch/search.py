@@ -4,7 +4,7 @@ It runs on the head node and takes exactly the arguments of `bst-search search`;
 `--address auto` (or the head's address) to join the running cluster instead of starting a
 private local Ray. `ray submit` copies this file to the head's home directory, so it first
 changes to the repository the cluster files mount (``$BST_REPO``, else ``~/bst-search``):
-relative paths (``search_spaces/mesh.yaml``, the default work dir ``bst-runs``) mean the same
+relative paths (the default work dir ``bst-runs``, a space file of your own) mean the same
 on the head as in the repository on your machine, with or without the docker image.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 def repository() -> Path | None:
     """Where the cluster files mount the repository on this node, if it is there."""
     repo = Path(os.environ.get("BST_REPO", "~/bst-search")).expanduser()
-    return repo if (repo / "search_spaces").is_dir() else None
+    return repo if (repo / "pyproject.toml").is_file() else None
 
 
 if __name__ == "__main__":

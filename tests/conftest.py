@@ -142,11 +142,10 @@ def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 
     from bst_search.ensemble import main as ensemble_main
 
-    root = Path(__file__).resolve().parents[1]
     wd = tmp_path_factory.mktemp("small-sweep")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BST_OPTUNA_STORAGE")}
     cmd = [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
-           "--eval-data", str(tiny_data["eval"]), "--space", str(root / "search_spaces" / "smoke.yaml"),
+           "--eval-data", str(tiny_data["eval"]), "--space", "smoke",
            "--experiment", "rep", "--trials", "4", "--workdir", str(wd)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -44,7 +44,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="development dataset root (official layout)")
     p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
     p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
-    p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
+    p.add_argument("--space", required=True, help="search space: a packaged one by name (demo, mesh, baseline, smoke) or a YAML file")
     p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
     p.add_argument("--trials", type=int,
                    help=f"trials in the sweep (default {TRIALS_DEFAULT}, or as many as fit in "

@@ -23,8 +23,10 @@ from pathlib import Path
 import cluster_harness as ch  # tests/ is on sys.path (pytest rootdir-relative import)
 import pytest
 
+from bst_search.search.space import SPACE_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+SMOKE = SPACE_DIR / "smoke.yaml"
 N_TRIALS = 8
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

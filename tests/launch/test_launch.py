@@ -224,7 +224,7 @@ def test_readme_mesh_example_is_runnable() -> None:
     text = (ROOT / "launch" / "README.md").read_text()
     example = re.search(r"ray submit --tmux launch/cluster.yaml launch/search.py -- \\\n(.*?)```",
                         text, re.S).group(1)
-    assert "--space search_spaces/mesh.yaml" in example and "--crowd-data" in example
+    assert "--space mesh" in example and "--crowd-data" in example
     named = re.search(r"samples `data.crowd` from (.*?): every", text, re.S).group(1)
     values = re.findall(r"`([a-z0-9_]+)`", named)
     assert set(values) == set(SCHEMA["data.crowd"].choices), values

@@ -12,10 +12,10 @@ import pytest
 from bst_search import config, tracking
 from bst_search.cli import add_search_arguments
 from bst_search.search.samplers import SAMPLERS, make_sampler, startup_trials
-from bst_search.search.space import load_space
+from bst_search.search.space import SPACE_DIR, load_space
 from bst_search.search.warm_start import warm_start_points
 
-SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES = SPACE_DIR
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

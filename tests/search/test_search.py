@@ -22,10 +22,11 @@ import pytest
 
 from bst_search import tracking
 from bst_search.data import load_dataset
+from bst_search.search.space.parse import SPACE_DIR
 from bst_search.search.trainable import FAIL_ENV, FAULT_ENV, SLOW_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+SMOKE = SPACE_DIR / "smoke.yaml"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 

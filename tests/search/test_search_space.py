@@ -15,6 +15,7 @@ import yaml
 
 from bst_search import config
 from bst_search.search.space import (
+    SPACE_DIR,
     InvalidSample,
     SearchSpace,
     SpaceError,
@@ -23,7 +24,7 @@ from bst_search.search.space import (
     space_from_dict,
 )
 
-SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES = SPACE_DIR
 SHIPPED = ("smoke", "baseline", "mesh")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

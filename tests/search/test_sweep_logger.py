@@ -17,9 +17,9 @@ from ray import tune
 
 from bst_search import tracking
 from bst_search.search.mlflow_logger import MlflowTrialLogger, Writers
-from bst_search.search.space import load_space
+from bst_search.search.space import SPACE_DIR, load_space
 
-SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+SMOKE = SPACE_DIR / "smoke.yaml"
 
 
 class _Counting:

@@ -15,9 +15,16 @@ from bst_search.search.space.model import (
     SearchSpace,
     SpaceError,
 )
-from bst_search.search.space.parse import load_space, space_from_dict
+from bst_search.search.space.parse import (
+    SPACE_DIR,
+    load_space,
+    packaged_spaces,
+    resolve_space,
+    space_from_dict,
+)
 from bst_search.search.space.rules import data_available, unsatisfiable
 
-__all__ = ["MAX_SUBSET_CHOICES", "SUBSET_SEP", "InvalidSample", "Param", "SearchSpace",
-           "SpaceError", "data_available", "is_text_backbone", "load_space", "space_from_dict",
+__all__ = ["MAX_SUBSET_CHOICES", "SPACE_DIR", "SUBSET_SEP", "InvalidSample", "Param", "SearchSpace",
+           "SpaceError", "data_available", "is_text_backbone", "load_space", "packaged_spaces",
+           "resolve_space", "space_from_dict",
            "unsatisfiable"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -299,11 +300,32 @@ def space_from_dict(data: Any, source: str = "<space>", root: Path | None = None
     return space
 
 
+# package data; a plain folder in every install pip makes (a wheel is never run zipped)
+SPACE_DIR = Path(str(resources.files("bst_search") / "search_spaces"))
+
+
+def packaged_spaces() -> list[str]:
+    """Names of the search spaces that ship with the package (``--space mesh``)."""
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def resolve_space(name: str | Path) -> Path:
+    """A search-space file: a path as given, else a packaged space by its bare name
+    (``demo``, ``mesh.yaml``), so ``--space mesh`` works from any directory and from a wheel."""
+    p = Path(name)
+    if p.is_file() or len(p.parts) > 1:
+        return p
+    packaged = SPACE_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    return packaged if packaged.is_file() else p
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file; raises :class:`SpaceError` naming the key."""
-    p = Path(path)
+    """Read and validate a search-space YAML file, a path or a packaged space's name; raises
+    :class:`SpaceError` naming the key."""
+    p = resolve_space(path)
     if not p.is_file():
-        raise SpaceError(f"{p}: no such search-space file")
+        raise SpaceError(f"{p}: no such search-space file (the packaged spaces: "
+                         f"{', '.join(packaged_spaces())})")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
