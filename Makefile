@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= bst-runs/demo
 
-.PHONY: venv demo test test-cluster lint docs bench clean
+.PHONY: venv demo test test-system test-cluster lint docs bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ venv: $(BIN)/.installed
 
 test: venv docs
 	$(BIN)/ruff check bst_search tests benchmarks launch
-	$(BIN)/python -m pytest -q tests -m "not cluster"
+	$(BIN)/python -m pytest -q tests -m "not cluster and not system"
+
+# The package and the driver as an operator meets them: a wheel installed outside the source
+# tree, the Docker image's pip lines, SIGTERM and SIGHUP mid-sweep, a stalled driver's lease.
+test-system: venv
+	$(BIN)/python -m pytest -q tests -m system --durations=0
 
 # the documentation site (docs/, mkdocs.yml): a broken link or a page missing from the nav fails
 docs: venv
