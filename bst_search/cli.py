@@ -67,7 +67,8 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     print(f"trial {cfg['model']['name']} on {', '.join(backbones)}: {len(dev.ids)} sounds, "
           f"{args.folds} folds -> {args.out}")
     m = run_trial(cfg, dev, Path(args.out), eval_data=ev, crowd=crowd, n_folds=args.folds,
-                  device=args.device if args.device != "auto" else None, log=print)
+                  device=args.device if args.device != "auto" else None, log=print,
+                  overwrite=args.overwrite)
     print(f"OOF hF {m['oof_hF']:.4f} (official)  {m['oof_hF_strict']:.4f} (strict)  "
           f"acc {m['oof_acc']:.4f}  top acc {m['oof_top_acc']:.4f}  "
           f"folds {m['fold_hF_mean']:.4f} ± {m['fold_hF_std']:.4f}  wall {m['wall_seconds']:.1f}s")
@@ -84,6 +85,12 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from bst_search.ensemble import execute
 
     return execute(args)
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from bst_search.ensemble import pseudo_label
+
+    return pseudo_label.main(args)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -182,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key (repeatable)")
     s.add_argument("--out", required=True, help="folder for the trial's outputs")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace another configuration's outputs in --out (refused without it)")
     s.add_argument("--eval-data", help="evaluation dataset root: the trial also predicts it")
     s.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
     s.add_argument("--folds", type=int, default=5)
@@ -199,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("ensemble", "ensemble selection over an experiment's trials -> submission")
     add_arguments(s)
     s.set_defaults(func=_cmd_ensemble)
+
+    from bst_search.ensemble import pseudo_label
+
+    s = command("pseudo-label", "soft labels of the crowd set from a stage-1 ensemble, per fold")
+    pseudo_label.add_arguments(s)
+    s.set_defaults(func=_cmd_pseudo_label)
 
     from bst_search import dashboard, report
 

@@ -42,12 +42,16 @@ class Targets:
     """What a batch is trained towards.
 
     ``y`` (B,) long fine classes; ``weight`` (B,) optional per-sample weights; ``soft``
-    (B, 23) optional target distribution (KNN distillation), rows summing to 1.
+    (B, 23) optional target distribution (KNN distillation), rows summing to 1; ``prob``
+    (B, 23) optional label distribution that replaces the one-hot of ``y`` in the terms that
+    can take one (ce, alpha, top, focal, top_penalty): soft pseudo-labels of crowd rows. ``y``
+    is then its argmax, which the metric-learning terms read.
     """
 
     y: torch.Tensor
     weight: torch.Tensor | None = None
     soft: torch.Tensor | None = None
+    prob: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -112,6 +116,16 @@ def _wmean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     return (w * values).sum() / w.sum().clamp_min(_EPS)
 
 
+def _label_distribution(t: Targets, like: torch.Tensor) -> torch.Tensor:
+    """(B, 23) ``t.prob``, else the one-hot of ``t.y``, in the dtype of ``like``."""
+    return (F.one_hot(t.y, N_CLASSES) if t.prob is None else t.prob).to(like.dtype)
+
+
+def _top_target(term: nn.Module, t: Targets) -> torch.Tensor:
+    """The parent index of ``y``, or the label distribution summed over each top level."""
+    return term.parent[t.y] if t.prob is None else t.prob.float() @ term.child_mask.T.float()
+
+
 def _parent_buffers(module: nn.Module) -> None:
     """parent (C,) long and child_mask (T, C) bool, moved with the module."""
     parent = torch.as_tensor(PARENT, dtype=torch.long)
@@ -169,10 +183,11 @@ class FineCE(LossTerm):
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:
         logits = out["logits"].float()
-        per = F.cross_entropy(logits, t.y, weight=self.class_weights,
+        q = _label_distribution(t, logits)  # soft targets weigh classes by expectation
+        per = F.cross_entropy(logits, t.y if t.prob is None else q, weight=self.class_weights,
                               label_smoothing=self.label_smoothing, reduction="none")
         s = torch.ones_like(per) if t.weight is None else t.weight.to(per.dtype)
-        w_y = s if self.class_weights is None else s * self.class_weights[t.y]
+        w_y = s if self.class_weights is None else s * (q @ self.class_weights)
         return (s * per).sum() / w_y.sum().clamp_min(_EPS)
 
 
@@ -202,7 +217,7 @@ class CoarseCE(LossTerm):
         return COARSE[self.coarse](logits, self.child_mask)
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:
-        per = F.cross_entropy(self.coarse_logits(out["logits"].float()), self.parent[t.y],
+        per = F.cross_entropy(self.coarse_logits(out["logits"].float()), _top_target(self, t),
                               label_smoothing=self.label_smoothing, reduction="none")
         return _wmean(per, t.weight)
 
@@ -224,8 +239,8 @@ class TopCE(LossTerm):
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:
         top = _need(out, "top_logits", self.name, "model.head gc, lcl or proxy")
-        per = F.cross_entropy(top.float(), self.parent[t.y], label_smoothing=self.label_smoothing,
-                              reduction="none")
+        per = F.cross_entropy(top.float(), _top_target(self, t),
+                              label_smoothing=self.label_smoothing, reduction="none")
         return _wmean(per, t.weight)
 
 
@@ -247,12 +262,14 @@ class FocalLoss(LossTerm):
         return cls(cfg["loss"]["focal_gamma"], _class_weights(cfg, class_counts))
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:
-        logp_t = out["logits"].float().log_softmax(1).gather(1, t.y[:, None])[:, 0]
+        logp = out["logits"].float().log_softmax(1)
         # clamp: d/dp (1-p)^gamma is infinite at p = 1 for gamma < 1
-        per = -(1.0 - logp_t.exp()).clamp_min(_EPS).pow(self.gamma) * logp_t
-        s = torch.ones_like(per) if t.weight is None else t.weight.to(per.dtype)
-        w_y = s if self.class_weights is None else s * self.class_weights[t.y]
-        return (w_y * per).sum() / w_y.sum().clamp_min(_EPS)
+        focal = -(1.0 - logp.exp()).clamp_min(_EPS).pow(self.gamma) * logp
+        cq = _label_distribution(t, logp)  # the expectation over a label distribution
+        if self.class_weights is not None:
+            cq = cq * self.class_weights
+        s = torch.ones_like(logp[:, 0]) if t.weight is None else t.weight.to(logp.dtype)
+        return (s * (cq * focal).sum(1)).sum() / (s * cq.sum(1)).sum().clamp_min(_EPS)
 
 
 def _proxy_inputs(out: dict[str, torch.Tensor], term: str,
@@ -408,8 +425,9 @@ class TopPenalty(LossTerm):
         _parent_buffers(self)
 
     def forward(self, out: dict[str, torch.Tensor], t: Targets) -> torch.Tensor:
-        p_top = out["logits"].float().softmax(1) @ self.child_mask.T.float()  # (B, T)
-        per = 1.0 - p_top.gather(1, self.parent[t.y][:, None])[:, 0]
+        p = out["logits"].float().softmax(1)  # the expected error under a label distribution
+        top = self.child_mask.T.float()
+        per = 1.0 - ((p @ top) * (_label_distribution(t, p) @ top)).sum(1)
         return _wmean(per, t.weight)
 
 

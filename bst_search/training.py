@@ -279,10 +279,12 @@ class _TrainingRows:
     y: torch.Tensor
     weight: torch.Tensor | None
     soft: torch.Tensor | None  # KNN distillation: leave-one-out priors of the training rows
+    prob: torch.Tensor | None = None  # label distributions (soft pseudo-labels), else one-hot y
 
     def targets(self, idx: torch.Tensor) -> Targets:
         return Targets(y=self.y[idx], weight=None if self.weight is None else self.weight[idx],
-                       soft=None if self.soft is None else self.soft[idx])
+                       soft=None if self.soft is None else self.soft[idx],
+                       prob=None if self.prob is None else self.prob[idx])
 
 
 def _batches_per_epoch(n: int, bs: int, drop_last: bool) -> int:
@@ -368,11 +370,27 @@ def _best_model(model: nn.Module, best: list[Snapshot], build: Callable[[], nn.M
     return CheckpointAverage(members).eval()
 
 
+def _training_rows(X: list[np.ndarray], y: np.ndarray, modalities: list[str],
+                   sample_weight: np.ndarray | None, target_proba: np.ndarray | None,
+                   device: torch.device) -> _TrainingRows:
+    """The training split checked and on the device once."""
+    _check_inputs(X, y, modalities, "X_train")
+    if sample_weight is not None and len(sample_weight) != len(y):
+        raise ValueError(f"sample_weight has {len(sample_weight)} rows, X_train {len(y)}")
+    if target_proba is not None and np.shape(target_proba) != (len(y), N_CLASSES):
+        raise ValueError(f"target_proba has shape {np.shape(target_proba)}, expected "
+                         f"({len(y)}, {N_CLASSES})")
+    return _TrainingRows(_to_device(X, device), torch.as_tensor(y).to(device),
+                         None if sample_weight is None else _tensor(sample_weight, device), None,
+                         None if target_proba is None else _tensor(target_proba, device))
+
+
 def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[np.ndarray],
         y_val: np.ndarray, *, modalities: list[str], seed: int,
         sample_weight: np.ndarray | None = None, device: torch.device | str | None = None,
         on_epoch: Callable[[dict], None] | None = None, init_state: dict | None = None,
-        max_epochs: int | None = None, average_top: int | None = None) -> FitResult:
+        max_epochs: int | None = None, average_top: int | None = None,
+        target_proba: np.ndarray | None = None) -> FitResult:
     """Train ``cfg["model"]`` with early stopping on the validation strict hF.
 
     ``X_*[i]`` are (n, dim_i) embeddings of backbone ``cfg["backbones"][i]``; ``y_*`` class
@@ -381,6 +399,8 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
     torch.device, a name for :func:`pick_device`, or None for "auto". ``init_state`` starts
     from given weights (two-stage fine-tuning); ``max_epochs`` and ``average_top`` override
     ``train.max_epochs`` and ``post.ckpt_avg`` (auxiliary fits: teachers, EL2N, stage 1).
+    ``target_proba`` (n, 23), rows summing to 1, trains towards label distributions instead
+    of one-hot ``y_train`` (soft pseudo-labels); ``y_train`` should then be its argmax.
     """
     t_fit = time.perf_counter()
     tc = cfg["train"]
@@ -389,15 +409,8 @@ def fit(cfg: dict, X_train: list[np.ndarray], y_train: np.ndarray, X_val: list[n
     device = device if isinstance(device, torch.device) else pick_device(device or "auto")
     y_train = np.asarray(y_train, dtype=np.int64)
     y_val = np.asarray(y_val, dtype=np.int64)
-    _check_inputs(X_train, y_train, modalities, "X_train")
     _check_inputs(X_val, y_val, modalities, "X_val")
-    if sample_weight is not None and len(sample_weight) != len(y_train):
-        raise ValueError(f"sample_weight has {len(sample_weight)} rows, X_train {len(y_train)}")
-
-    # data: on the device once
-    rows = _TrainingRows(_to_device(X_train, device), torch.as_tensor(y_train).to(device),
-                         None if sample_weight is None else torch.as_tensor(
-                             np.asarray(sample_weight, dtype=np.float32)).to(device), None)
+    rows = _training_rows(X_train, y_train, modalities, sample_weight, target_proba, device)
     Xva = _to_device(X_val, device)
     n, bs = len(y_train), tc["batch_size"]
     n_batches = _batches_per_epoch(n, bs, tc["drop_last"])

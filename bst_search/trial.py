@@ -26,8 +26,14 @@ import pandas as pd
 from bst_search import config as config_mod
 from bst_search import metrics
 from bst_search.config import META_BACKBONE, backbone_modality
-from bst_search.data import DataError, Dataset, is_text_backbone, meta_probs
-from bst_search.data.strategies import FoldContext, confident_rows, crowd_candidates, select_crowd
+from bst_search.data import DataError, Dataset, is_text_backbone, meta_probs, pseudo
+from bst_search.data.strategies import (
+    FoldContext,
+    confident_rows,
+    crowd_candidates,
+    crowd_targets,
+    select_crowd,
+)
 from bst_search.folds import assign_folds, fold_fingerprint, holdout_mask, train_val_split
 from bst_search.taxonomy import CODES, N_CLASSES, PROBA_COLUMNS
 
@@ -35,11 +41,14 @@ FoldCallback = Callable[[dict[str, Any]], None]
 
 
 def _config_hash(cfg: dict[str, Any]) -> str:
-    """Hash of the configuration; without meta_probs the keys only it reads are left out, so
-    every configuration from before those keys existed keeps its hash (and its saved folds)."""
+    """Hash of the configuration; without meta_probs (or pseudo-labels) the keys only it reads
+    are left out, so every configuration from before those keys existed keeps its hash (and
+    its saved folds)."""
     if META_BACKBONE not in cfg["backbones"]:
         cfg = {k: v for k, v in cfg.items() if k != "meta"}
         cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "meta_encoder"}
+    if cfg["data"]["crowd"] != "pseudo":
+        cfg = {**cfg, "data": {k: v for k, v in cfg["data"].items() if not k.startswith("pseudo_")}}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,15 +106,17 @@ def _fold_seed(seed: int, k: int) -> int:
 
 def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None = None, crowd: Dataset | None = None,
-             holdout: Dataset | None = None,
+             holdout: Dataset | None = None, pseudo_labels: pseudo.PseudoLabels | None = None,
              device: str | None = None, on_epoch: Callable[[dict], None] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train fold k and predict its held-out rows (and the evaluation set).
+    """Train fold k and predict its held-out rows (and the evaluation, holdout and crowd sets).
 
     Reads top to bottom: the fold's text-model probabilities (``meta_probs``, cross-fitted on
     the fold's training part), the training part and data strategy, the crowd filter (and
     stage 1 of two-stage training), the model, then its predictions. Every fit here uses the
     fold's validation split for early stopping and nothing of fold k's held-out rows.
+    ``data.crowd: pseudo`` trains the crowd rows towards fold k's soft pseudo-labels (from
+    stage-1 models that never saw fold k's held-out rows), mixed with their own labels.
     """
     from bst_search import training  # torch import deferred: data-only commands stay fast
 
@@ -128,43 +139,65 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
         return training.fit(cfg, X, y, X_val, y_val, modalities=modalities, seed=seed,
                             sample_weight=w, device=device, max_epochs=max_epochs, **kw)
 
-    init_state, n_crowd = None, 0
+    init_state, n_crowd, target = None, 0, None
     if cfg["data"]["crowd"] != "none":
-        candidates, _ = confident_rows(cfg, crowd, crowd_candidates(crowd, dev))
-        ctx = FoldContext(cfg, X_train, y_train, weights, crowd, candidates,
-                          backbones, fit=lambda X, y, w, e: fit(X, y, w, e, average_top=1).model,
-                          predict=lambda m, X: training.predict_proba(m, X, device=device), log=log)
-        extra = select_crowd(cfg, ctx)
-        n_crowd = int(len(extra))
-        if n_crowd == 0:
-            raise DataError(f"{crowd.root}: data.crowd={cfg['data']['crowd']} kept no crowd rows "
-                            f"in fold {k}")
-        X_crowd, y_crowd, w_crowd = ctx.crowd_X(extra), crowd.y[extra], ctx.crowd_weights(extra)
-        if cfg["data"]["two_stage"]:  # stage 1: the crowd rows alone; stage 2 below fine-tunes
-            stage1 = fit(X_crowd, y_crowd, w_crowd, cfg["data"]["pretrain_epochs"], average_top=1)
-            init_state = stage1.model.state_dict()
-            log and log(f"  stage 1 on {n_crowd} crowd rows: val hF {stage1.best_val_hF:.4f}")
-        else:
-            X_train = [np.concatenate([a, c]) for a, c in zip(X_train, X_crowd, strict=True)]
-            y_train = np.concatenate([y_train, y_crowd])
-            if weights is not None:
-                weights = np.concatenate([weights, w_crowd])
+        ctx = FoldContext(cfg, X_train, y_train, weights, crowd,
+                          confident_rows(cfg, crowd, crowd_candidates(crowd, dev))[0], backbones,
+                          fit=lambda X, y, w, e: fit(X, y, w, e, average_top=1).model,
+                          predict=lambda m, X: training.predict_proba(m, X, device=device), log=log,
+                          pseudo=None if pseudo_labels is None else pseudo_labels.fold(k, crowd.ids))
+        X_train, y_train, weights, target, init_state, n_crowd = _with_crowd(ctx, k, fit)
 
-    result = fit(X_train, y_train, weights, None, init_state=init_state, on_epoch=on_epoch)
+    result = fit(X_train, y_train, weights, None, init_state=init_state, on_epoch=on_epoch,
+                 target_proba=target)
     test_idx = np.flatnonzero(fold == k)
     X_eval = eval_data.X(backbones) if eval_data is not None else None
     X_hold = holdout.X(backbones) if holdout is not None else None  # predicted, like eval
-    proba, eval_proba, hold_proba = _predict(cfg["post"], result.model, X_train, y_train, device,
-                                             [[x[test_idx] for x in X_dev], X_eval, X_hold])
+    X_crowd_all = None  # every crowd sound that is not a development sound: stage 2's material
+    if crowd is not None:
+        X_crowd_all = [x[crowd_candidates(crowd, dev)] for x in crowd.X(backbones)]
+    proba, eval_proba, hold_proba, crowd_proba = _predict(
+        cfg["post"], result.model, X_train, y_train, device,
+        [[x[test_idx] for x in X_dev], X_eval, X_hold, X_crowd_all])
     fm = metrics.evaluate(dev.y[test_idx], proba)
     return {
         "fold": k, "test_idx": test_idx, "proba": proba, "eval_proba": eval_proba,
         "holdout_proba": hold_proba,
+        "crowd_proba": None if crowd_proba is None else crowd_proba.astype(np.float16),
         "n_train": int(len(y_train)), "n_crowd": n_crowd, "n_val": int(len(val_idx)),
         "n_test": int(len(test_idx)), "hF": fm["hF"], "hF_strict": fm["hF_strict"], "acc": fm["acc"],
         "best_epoch": result.best_epoch, "epochs": result.epochs, "best_val_hF": result.best_val_hF,
         "seconds": time.perf_counter() - t0, "model_seconds": result.model_seconds,
     }
+
+
+def _with_crowd(ctx: FoldContext, k: int, fit: Callable[..., Any]) -> tuple[
+        list[np.ndarray], np.ndarray, np.ndarray | None, np.ndarray | None, dict | None, int]:
+    """The crowd rows ``data.crowd`` keeps for fold k, joined to the training part, or (two
+    stage) trained on alone first: (X, y, weights, label distributions or None, the stage-1
+    weights or None, the number of crowd rows)."""
+    cfg, crowd = ctx.cfg, ctx.crowd
+    X_train, y_train, weights, target, init_state = ctx.X_train, ctx.y_train, ctx.w_train, None, None
+    extra = select_crowd(cfg, ctx)
+    n_crowd = int(len(extra))
+    if n_crowd == 0:
+        raise DataError(f"{crowd.root}: data.crowd={cfg['data']['crowd']} kept no crowd rows "
+                        f"in fold {k}")
+    X_crowd, w_crowd = ctx.crowd_X(extra), ctx.crowd_weights(extra)
+    y_crowd, q_crowd = crowd_targets(ctx, extra)  # q_crowd: soft labels, or None
+    if cfg["data"]["two_stage"]:  # stage 1: the crowd rows alone; the caller fine-tunes
+        stage1 = fit(X_crowd, y_crowd, w_crowd, cfg["data"]["pretrain_epochs"], average_top=1,
+                     target_proba=q_crowd)
+        init_state = stage1.model.state_dict()
+        ctx.log and ctx.log(f"  stage 1 on {n_crowd} crowd rows: val hF {stage1.best_val_hF:.4f}")
+        return X_train, y_train, weights, None, init_state, n_crowd
+    if q_crowd is not None:  # the development rows' one-hot labels beside the soft ones
+        target = np.concatenate([np.eye(N_CLASSES, dtype=np.float32)[y_train], q_crowd])
+    X_train = [np.concatenate([a, c]) for a, c in zip(X_train, X_crowd, strict=True)]
+    y_train = np.concatenate([y_train, y_crowd])
+    if weights is not None:
+        weights = np.concatenate([weights, w_crowd])
+    return X_train, y_train, weights, target, init_state, n_crowd
 
 
 def _predict(post: dict[str, Any], model: Any, X_train: list[np.ndarray], y_train: np.ndarray,
@@ -198,7 +231,7 @@ def _epoch_logger(log: Callable[[str], None] | None, k: int,
     return on_epoch
 
 
-_ARRAYS = ("test_idx", "proba", "eval_proba", "holdout_proba")
+_ARRAYS = ("test_idx", "proba", "eval_proba", "holdout_proba", "crowd_proba")
 
 
 def _save_fold(path: Path, res: dict[str, Any]) -> None:
@@ -251,13 +284,53 @@ def _split_holdout(dev: Dataset, crowd: Dataset | None, fraction: float
     return dev, holdout, crowd
 
 
-def _start_over_if_changed(out: Path, state: dict[str, Any]) -> None:
-    """Finished folds are kept only for the same configuration and data (``state.json``)."""
+class OutputsError(config_mod.ConfigError):
+    """The output folder holds another trial's outputs; the message names it and what differs."""
+
+
+_STATE_NAMES = {"config": "the configuration", "data_fp": "the development data",
+                "fold_fp": "the folds", "eval_fp": "the evaluation data",
+                "crowd_fp": "the crowd data", "holdout_fraction": "the holdout fraction",
+                "text_fp": "the metadata text", "crowd_pred_fp": "the crowd set predicted",
+                "pseudo_run": "the pseudo-labels"}
+_OUTPUTS = ("oof.parquet", "eval.parquet", "holdout.parquet", "crowd.parquet", "config.yaml",
+            "metrics.json")
+
+
+def _differences(old: dict[str, Any], state: dict[str, Any], settings: dict[str, Any]) -> str:
+    """What differs between the saved state and this trial's; the configuration by setting."""
+    parts: list[str] = []
+    for key in sorted((set(old) | set(state)) - {"settings"}):
+        if old.get(key) == state.get(key):
+            continue
+        was = old.get("settings", {})
+        keys = [k for k in sorted(set(was) | set(settings)) if was.get(k) != settings.get(k)]
+        if key == "config" and keys:
+            parts += [f"{k}: {was.get(k, '(unset)')!r} -> {settings.get(k, '(unset)')!r}"
+                      for k in keys[:8]] + (["..."] if len(keys) > 8 else [])
+        else:
+            parts.append(f"{_STATE_NAMES.get(key, key)} ({old.get(key)!r} -> {state.get(key)!r})")
+    return "; ".join(parts)
+
+
+def _start_over_if_changed(out: Path, state: dict[str, Any], cfg: dict[str, Any],
+                           overwrite: bool) -> None:
+    """Finished folds are kept only for the same configuration and data (``state.json``);
+    another's outputs are deleted only when ``overwrite`` says so, else the folder is refused."""
     state_path = out / "state.json"
-    if state_path.exists() and json.loads(state_path.read_text()) != state:
-        for stale in (out / "folds").glob("fold_*.npz"):  # another config or data: start over
-            stale.unlink()
-    _atomic_write(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
+    settings = json.loads(json.dumps(config_mod.flatten(cfg), default=str))
+    old = json.loads(state_path.read_text()) if state_path.exists() else None
+    if old is not None and {k: v for k, v in old.items() if k != "settings"} != state:
+        stale = [*(out / "folds").glob("fold_*.npz"), *(p for p in map(out.joinpath, _OUTPUTS)
+                                                         if p.exists())]
+        if stale and not overwrite:
+            raise OutputsError(f"{out}: holds the outputs of another trial "
+                               f"({_differences(old, state, settings)}); pass --overwrite to "
+                               f"replace them, or choose another --out")
+        for path in stale:
+            path.unlink()
+    _atomic_write(state_path, lambda p: p.write_text(
+        json.dumps({**state, "settings": settings}, indent=1)))
 
 
 def _trial_metrics(dev: Dataset, proba: np.ndarray, results: list[dict[str, Any]],
@@ -283,10 +356,23 @@ def _trial_metrics(dev: Dataset, proba: np.ndarray, results: list[dict[str, Any]
     return out
 
 
+def _crowd_frame(ids: np.ndarray, results: list[dict[str, Any]]) -> pd.DataFrame:
+    """sound_id, fold (of the model that predicted), p_<code> in float16: ``crowd.parquet``,
+    one block per fold model, what ``bst-search pseudo-label`` reads."""
+    blocks = []
+    for r in results:
+        head = pd.DataFrame({"sound_id": ids.astype(str), "fold": int(r["fold"])})
+        blocks.append(pd.concat([head, pd.DataFrame(r["crowd_proba"].astype(np.float16),
+                                                    columns=list(PROBA_COLUMNS))], axis=1))
+    return pd.concat(blocks, ignore_index=True)
+
+
 def _write_outputs(out: Path, cfg: dict[str, Any], oof: pd.DataFrame,
                    results: list[dict[str, Any]], eval_data: Dataset | None,
-                   holdout: Dataset | None, out_metrics: dict[str, Any]) -> None:
-    """The trial's artifacts, each written atomically: oof, eval, holdout, config, metrics."""
+                   holdout: Dataset | None, crowd_ids: np.ndarray | None,
+                   out_metrics: dict[str, Any]) -> None:
+    """The trial's artifacts, each written atomically: oof, eval, holdout, crowd, config,
+    metrics."""
     _atomic_write(out / "oof.parquet", lambda p: oof.to_parquet(p, index=False))
     if eval_data is not None:
         ev = np.mean([r["eval_proba"] for r in results], axis=0).astype(np.float32)
@@ -297,22 +383,39 @@ def _write_outputs(out: Path, cfg: dict[str, Any], oof: pd.DataFrame,
         hold_frame = pd.concat([_prediction_frame(holdout, r["fold"], r["holdout_proba"])
                                 for r in results], ignore_index=True)
         _atomic_write(out / "holdout.parquet", lambda p: hold_frame.to_parquet(p, index=False))
+    if crowd_ids is not None:
+        crowd_frame = _crowd_frame(crowd_ids, results)
+        _atomic_write(out / "crowd.parquet", lambda p: crowd_frame.to_parquet(p, index=False))
     _atomic_write(out / "config.yaml", lambda p: config_mod.dump(cfg, p))
     _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(out_metrics, indent=1)))
+
+
+def _pseudo_labels(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, crowd_fp: str,
+                   n_folds: int) -> pseudo.PseudoLabels | None:
+    """``data.pseudo_dir``, checked to be made for these development rows, folds and crowd."""
+    if cfg["data"]["crowd"] != "pseudo":
+        return None
+    if not cfg["data"]["pseudo_dir"]:
+        raise DataError("data.crowd=pseudo trains on soft pseudo-labels: set data.pseudo_dir "
+                        "to the folder `bst-search pseudo-label` wrote (search: --pseudo-labels)")
+    return pseudo.load_folder(cfg["data"]["pseudo_dir"], {
+        "dev_labels_fp": pseudo.rows_fp(dev.ids, dev.y),
+        "fold_fp": fold_fingerprint(dev.ids, fold), "crowd_fp": crowd_fp}, n_folds)
 
 
 def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
               eval_data: Dataset | None = None, crowd: Dataset | None = None,
               n_folds: int = 5, device: str | None = None, on_fold: FoldCallback | None = None,
               log: Callable[[str], None] | None = None,
-              holdout_fraction: float = 0.0) -> dict[str, Any]:
+              holdout_fraction: float = 0.0, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) a cross-validated trial; write its outputs; return ``metrics.json``.
 
     ``on_fold`` is called after every fold with the fold's results and the running mean,
     which is what the search driver reports to Ray Tune's early-stopping scheduler.
     ``holdout_fraction`` sets a stratified part of the development rows aside before the
     folds are drawn: every fold model predicts it (``holdout.parquet``, one block per fold
-    model), nothing is fitted, validated or scored on it here.
+    model), nothing is fitted, validated or scored on it here. A folder that holds another
+    configuration's (or data's) outputs is refused (``OutputsError``) unless ``overwrite``.
     """
     cfg = config_mod.validate(cfg)
     if not dev.labelled:
@@ -321,11 +424,13 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
         log and log(f"note: evaluation set {eval_data.root} has labels; they are not used")
     if cfg["data"]["crowd"] != "none" and crowd is None:
         raise DataError(f"data.crowd={cfg['data']['crowd']} needs a crowd dataset (--crowd-data)")
-    check_backbones(cfg, dev, eval_data, crowd if cfg["data"]["crowd"] != "none" else None)
+    check_backbones(cfg, dev, eval_data, crowd)  # the crowd set is predicted whenever given
+    crowd_fp = "" if crowd is None else pseudo.rows_fp(crowd.ids, crowd.y)
     dev, holdout, crowd = _split_holdout(dev, crowd, holdout_fraction)
     out = Path(out_dir)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     fold = assign_folds(dev.y, n_folds)
+    pseudo_labels = _pseudo_labels(cfg, dev, fold, crowd_fp, n_folds)
     state = {"config": _config_hash(cfg), "data_fp": dev.fingerprint,
              "fold_fp": fold_fingerprint(dev.ids, fold),
              "eval_fp": eval_data.fingerprint if eval_data is not None else "",
@@ -333,7 +438,11 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
              "holdout_fraction": float(holdout_fraction)}
     if META_BACKBONE in cfg["backbones"]:  # the text beside the data fingerprints
         state["text_fp"] = ",".join(ds.text_fp for ds in (dev, eval_data, crowd) if ds is not None)
-    _start_over_if_changed(out, state)
+    if crowd is not None:  # every fold model predicts the crowd set (crowd.parquet)
+        state["crowd_pred_fp"] = crowd_fp
+    if pseudo_labels is not None:
+        state["pseudo_run"] = pseudo_labels.manifest.get("ensemble_run_id", "")
+    _start_over_if_changed(out, state, cfg, overwrite)
 
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -343,7 +452,8 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
             res, resumed = _load_fold(path), True
         else:
             res, resumed = run_fold(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd,
-                                    holdout=holdout, device=device, on_epoch=_epoch_logger(log, k), log=log), False
+                                    holdout=holdout, pseudo_labels=pseudo_labels, device=device,
+                                    on_epoch=_epoch_logger(log, k), log=log), False
             _save_fold(path, res)
         results.append(res)
         how = "resumed" if resumed else f"{res['seconds']:.1f}s, {res['epochs']} epochs"
@@ -365,5 +475,6 @@ def run_trial(cfg: dict[str, Any], dev: Dataset, out_dir: str | Path, *,
         log and log(f"warning: {int(out_metrics['oof_n_never_predicted'])} class(es) never "
                     f"predicted: official hF {out_metrics['oof_hF']:.4f} differs from strict "
                     f"{out_metrics['oof_hF_strict']:.4f}")
-    _write_outputs(out, cfg, oof, results, eval_data, holdout, out_metrics)
+    crowd_ids = None if crowd is None else crowd.ids[crowd_candidates(crowd, dev)]
+    _write_outputs(out, cfg, oof, results, eval_data, holdout, crowd_ids, out_metrics)
     return out_metrics

@@ -136,7 +136,8 @@ def chrome(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A real smoke sweep of 4 trials through the CLI, then its ensemble (for the report,
-    dashboard and browser tests)."""
+    dashboard and browser tests, and stage 1 of the pseudo-label loop: its trials predict the
+    crowd set)."""
     import subprocess
     import sys
 
@@ -145,7 +146,8 @@ def small_sweep(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     wd = tmp_path_factory.mktemp("small-sweep")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BST_OPTUNA_STORAGE")}
     cmd = [sys.executable, "-m", "bst_search.cli", "search", "--data", str(tiny_data["dev"]),
-           "--eval-data", str(tiny_data["eval"]), "--space", "smoke",
+           "--eval-data", str(tiny_data["eval"]), "--crowd-data", str(tiny_data["crowd"]),
+           "--space", "smoke",
            "--experiment", "rep", "--trials", "4", "--workdir", str(wd)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

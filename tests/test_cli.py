@@ -9,11 +9,11 @@ from bst_search.cli import build_parser, main
 def test_every_subcommand_is_wired():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"synth", "data", "trial", "search", "ensemble", "score", "demo",
-                                "extract", "report", "dashboard"}
+                                "extract", "report", "dashboard", "pseudo-label"}
 
 
 @pytest.mark.parametrize("cmd", ["ensemble", "score", "search", "trial", "extract", "report",
-                                 "dashboard"])
+                                 "dashboard", "pseudo-label"])
 def test_subcommand_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])

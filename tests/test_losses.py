@@ -426,3 +426,33 @@ def test_build_loss_default_and_zero_weights() -> None:
     c["loss"]["ce"] = 0.0  # past validation, which refuses it too
     with pytest.raises(ConfigError, match="every loss weight is 0"):
         build_loss(c, None)
+
+
+SOFT_TERMS = ("ce", "alpha", "top", "focal", "top_penalty")  # the terms that take Targets.prob
+
+
+@pytest.mark.parametrize("name", SOFT_TERMS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "class-and-row-weights"])
+def test_a_one_hot_label_distribution_is_the_hard_label(name: str, weighted: bool) -> None:
+    counts = np.arange(1, N_CLASSES + 1) * 3 if weighted else None
+    c = term_cfg(name)
+    if weighted and name in ("ce", "focal"):
+        c["loss"]["class_weights"] = "inverse_freq"
+    c["loss"]["label_smoothing"] = 0.1
+    term = LOSS_TERMS[name].from_config(c, counts)
+    out, t = outputs(3), targets(3, weight=weighted)
+    soft = Targets(y=t.y, weight=t.weight, prob=F.one_hot(t.y, N_CLASSES).float())
+    assert torch.allclose(term(out, soft), term(out, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SOFT_TERMS)
+def test_a_label_distribution_is_the_mixture_of_its_hard_labels(name: str) -> None:
+    """Without class weights every soft term is linear in the label distribution: a 30/70
+    mixture of two labels costs 0.3 and 0.7 of each label's loss, row by row."""
+    term = make_term(name)
+    out = outputs(4, n=1)
+    a, b = torch.tensor([2]), torch.tensor([19])  # classes under different top levels
+    mix = 0.3 * F.one_hot(a, N_CLASSES).float() + 0.7 * F.one_hot(b, N_CLASSES).float()
+    got = term(out, Targets(y=b, prob=mix))
+    want = 0.3 * term(out, Targets(y=a)) + 0.7 * term(out, Targets(y=b))
+    assert torch.allclose(got, want, atol=1e-6)

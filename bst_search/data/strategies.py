@@ -77,6 +77,9 @@ class FoldContext:
     fit: FitFn
     predict: PredictFn
     log: Callable[[str], None] | None = None
+    # data.crowd=pseudo: fold k's soft pseudo-labels per crowd row (NaN: none), from stage-1
+    # models that never saw fold k's held-out rows (bst_search.data.pseudo)
+    pseudo: np.ndarray | None = None
 
     def crowd_X(self, rows: np.ndarray) -> list[np.ndarray]:
         return [x[rows] for x in self.crowd.X(self.backbones)]
@@ -174,6 +177,48 @@ class EL2N:
         keep = np.sort(np.argsort(score, kind="stable")[:n_keep])
         ctx.log and ctx.log(f"  el2n keeps {n_keep}/{len(rows)} crowd rows")
         return rows[keep]
+
+
+@register_crowd_filter("pseudo")
+class PseudoLabelled:
+    """Every eligible crowd row that has a pseudo-label for this fold whose top probability
+    reaches ``data.pseudo_min_p`` (the winning system's stage 2 keeps them all)."""
+
+    def __init__(self, min_p: float) -> None:
+        self.min_p = min_p
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> PseudoLabelled:
+        return cls(cfg["data"]["pseudo_min_p"])
+
+    def select(self, ctx: FoldContext) -> np.ndarray:
+        if ctx.pseudo is None:
+            raise DataError("data.crowd=pseudo needs pseudo-labels (data.pseudo_dir); the trial "
+                            "gave none")
+        rows = ctx.candidates
+        q = ctx.pseudo[rows]
+        labelled = np.isfinite(q).all(axis=1)
+        keep = labelled & (np.nan_to_num(q).max(axis=1) >= self.min_p)
+        ctx.log and ctx.log(f"  pseudo-labels: {int(labelled.sum())}/{len(rows)} crowd rows "
+                            f"labelled, {int(keep.sum())} kept (top p >= {self.min_p:g})")
+        return rows[keep]
+
+
+def crowd_targets(ctx: FoldContext, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class index, label distribution or None) of the chosen crowd rows. With pseudo-labels
+    the distribution is lambda q + (1 - lambda) onehot(crowd label), ``data.pseudo_lambda``
+    = lambda (1 ignores the crowd's own label), and the index its argmax; otherwise the crowd
+    label alone."""
+    if ctx.pseudo is None:
+        return ctx.crowd.y[rows], None
+    lam = float(ctx.cfg["data"]["pseudo_lambda"])
+    q = ctx.pseudo[rows].astype(np.float32)
+    if lam < 1:
+        if ctx.crowd.y is None:
+            raise DataError(f"{ctx.crowd.root}: data.pseudo_lambda={lam:g} mixes in the crowd's own "
+                            f"labels, and this crowd set has none (use 1)")
+        q = lam * q + (1 - lam) * np.eye(q.shape[1], dtype=np.float32)[ctx.crowd.y[rows]]
+    return q.argmax(axis=1), q
 
 
 class _Combined:

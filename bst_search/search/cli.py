@@ -43,7 +43,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--data", required=True, help="development dataset root (official layout)")
     p.add_argument("--eval-data", help="evaluation dataset root: trials also predict it")
-    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
+    p.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none; "
+                                        "every trial also predicts it (crowd.parquet)")
+    p.add_argument("--pseudo-labels", metavar="DIR",
+                   help="stage 2: the folder `bst-search pseudo-label` wrote, for data.crowd: "
+                        "pseudo (checked against the data and folds before any trial)")
     p.add_argument("--space", required=True, help="search space: a packaged one by name (demo, mesh, baseline, smoke) or a YAML file")
     p.add_argument("--experiment", required=True, help="MLflow experiment = sweep name")
     p.add_argument("--trials", type=int,

@@ -114,6 +114,28 @@ def fixed_args(args: argparse.Namespace, space: SearchSpace, workdir: Path,
     return fixed, tracking_uri
 
 
+def with_pseudo_labels(space: SearchSpace, folder: str | None,
+                       crowd_data: str | None) -> SearchSpace:
+    """The space with ``data.pseudo_dir`` fixed to ``--pseudo-labels`` (an absolute path, so
+    that every trial reads the same folder), refused when the space can use pseudo-labels and
+    none are given, or the other way round."""
+    import dataclasses
+
+    can = space.can_take("data.crowd", "pseudo")
+    if folder is None:
+        if can:
+            raise SystemExit(f"error: {space.source} trains on pseudo-labels (data.crowd: pseudo): "
+                             f"give --pseudo-labels DIR (made by `bst-search pseudo-label`)")
+        return space
+    if not can:
+        raise SystemExit(f"error: --pseudo-labels {folder}: {space.source} never uses them "
+                         f"(no trial has data.crowd: pseudo)")
+    if crowd_data is None:
+        raise SystemExit("error: --pseudo-labels needs --crowd-data, the crowd set they label")
+    return dataclasses.replace(space, fixed={**space.fixed,
+                                             "data.pseudo_dir": str(Path(folder).resolve())})
+
+
 def holdout_fraction(args: argparse.Namespace) -> float:
     """--holdout-fraction, checked."""
     holdout = getattr(args, "holdout_fraction", 0.0) or 0.0
@@ -153,6 +175,7 @@ def plan_sweep(args: argparse.Namespace, space: SearchSpace, workdir: Path,
         raise state.SweepStateError(
             f"sweep {stored['sweep']} runs as many trials as fit in its time budget: resume it "
             "with --time-budget (and without --trials)")
+    space = with_pseudo_labels(space, getattr(args, "pseudo_labels", None), args.crowd_data)
     fixed, tracking_uri = fixed_args(args, space, workdir, stored)
     tune = storage.resolve(fixed.tune_storage, cluster=bool(args.address), shared_fs=args.shared_fs)
     return SweepPlan(
@@ -187,6 +210,17 @@ def load_data(plan: SweepPlan) -> SweepData:
         raise SystemExit(f"error: --holdout-fraction: {exc}") from exc
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
+    pseudo_dir = plan.space.fixed.get("data.pseudo_dir")
+    if pseudo_dir:  # refused here, before any trial, when made for other data or folds
+        from bst_search.data import pseudo
+        from bst_search.folds import holdout_mask
+
+        keep = ~holdout_mask(dev.y, plan.holdout_fraction)
+        assert crowd is not None
+        pseudo.load_folder(pseudo_dir, {"dev_labels_fp": pseudo.rows_fp(dev.ids[keep], dev.y[keep]),
+                                        "fold_fp": fold_fp,
+                                        "crowd_fp": pseudo.rows_fp(crowd.ids, crowd.y)},
+                           plan.fixed.folds)
     return SweepData(dev, ev, crowd, fps)
 
 

@@ -36,5 +36,6 @@ MEMBERS, SUBMISSION = "bst.members", "bst.submission"  # ensemble runs
 KIND_TRIAL, KIND_ENSEMBLE = "trial", "ensemble"
 OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE, METRICS_FILE = (
     "oof.parquet", "eval.parquet", "holdout.parquet", "config.yaml", "metrics.json")
-ARTIFACTS = (OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CONFIG_FILE, METRICS_FILE)
+CROWD_FILE = "crowd.parquet"  # every fold model's crowd predictions (float16), with --crowd-data
+ARTIFACTS = (OOF_FILE, EVAL_FILE, HOLDOUT_FILE, CROWD_FILE, CONFIG_FILE, METRICS_FILE)
 ENSEMBLE_FILE, SUBMISSION_FILE = "ensemble.json", "submission.csv"  # ensemble run artifacts

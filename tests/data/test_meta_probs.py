@@ -256,7 +256,9 @@ def test_data_without_text_are_a_clear_error(dev: Dataset, tiny_data, tmp_path: 
     cfg = _cfg(**{"data.crowd": "all"})
     with pytest.raises(DataError, match=rf"{re.escape(str(csv))}: backbones has meta_probs.*none of these columns"):
         run_trial(cfg, dev, tmp_path / "t", crowd=crowd)
-    run_trial(_cfg(**{"train.max_epochs": 1}), dev, tmp_path / "ok", crowd=crowd, n_folds=2)
+    with pytest.raises(DataError, match=rf"{re.escape(str(csv))}: backbones has meta_probs"):
+        # without a crowd strategy too: every fold model predicts a crowd set it is given
+        run_trial(_cfg(**{"train.max_epochs": 1}), dev, tmp_path / "ok", crowd=crowd, n_folds=2)
     with pytest.raises(DataError, match=rf"{re.escape(str(csv))}: backbones has meta_probs"):
         run_trial(_cfg(), crowd, tmp_path / "t2")
     with pytest.raises(DataError, match="minilm_lr reads the minilm_text"):

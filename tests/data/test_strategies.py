@@ -16,7 +16,7 @@ import pytest
 
 import bst_search.knn as knn_mod
 from bst_search import config, training
-from bst_search.data import DataError, Dataset, load_dataset
+from bst_search.data import DataError, Dataset, load_dataset, pseudo
 from bst_search.data.strategies import (
     CROWD_FILTERS,
     FoldContext,
@@ -211,6 +211,8 @@ LEAK_CASES = [
     {"data.crowd": "union", "data.crowd_a": "teacher", "data.crowd_b": "el2n"},
     {"data.crowd": "intersection", "data.crowd_a": "teacher", "data.crowd_b": "uploader_cap"},
     {"data.crowd": "all", "data.two_stage": True},
+    {"data.crowd": "pseudo", "data.pseudo_lambda": 0.5, "data.two_stage": True},
+    {"data.crowd": "pseudo", "data.pseudo_lambda": 1.0, "data.pseudo_min_p": 0.05},
     {"loss.knn_distill": 1.0, "post.knn_alpha": 0.5, "post.ckpt_avg": 2},
     {"data.min_confidence": 3, "data.confidence_weighting": True, "train.mixup_alpha": 0.4},
     {"data.crowd": "el2n", "data.min_confidence": 3, "data.confidence_weighting": True,
@@ -220,7 +222,7 @@ LEAK_CASES = [
 
 @pytest.mark.parametrize("extra", LEAK_CASES, ids=lambda e: "-".join(f"{v}" for v in e.values()))
 def test_no_strategy_leaks_held_out_rows(dev: Dataset, crowd: Dataset, extra: dict,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     k = 1
     mdev, mcrowd, held = _marked(dev, crowd, k)
     fits: list[int] = []
@@ -246,8 +248,16 @@ def test_no_strategy_leaks_held_out_rows(dev: Dataset, crowd: Dataset, extra: di
     if extra.pop("crowd_confidence", False):  # the synthetic crowd set has none
         conf = np.random.default_rng(0).integers(1, 6, len(mcrowd.ids)).astype(float)
         mcrowd = dataclasses.replace(mcrowd, confidence=conf)
+    labels = None
+    if extra.get("data.crowd") == "pseudo":  # labels for every crowd row, the leakers' too
+        rng = np.random.default_rng(0)
+        frames = [pseudo.label_frame(mcrowd.ids, rng.dirichlet(np.ones(23), len(mcrowd.ids)))
+                  for _ in range(5)]
+        pseudo.write_folder(tmp_path / "pl", frames, frames[0], {"n_folds": 5})
+        labels = pseudo.PseudoLabels(tmp_path / "pl", {})
+        extra["data.pseudo_dir"] = str(tmp_path / "pl")
     cfg = _cfg(**extra)
-    res = run_fold(cfg, mdev, assign_folds(mdev.y), k, crowd=mcrowd)
+    res = run_fold(cfg, mdev, assign_folds(mdev.y), k, crowd=mcrowd, pseudo_labels=labels)
     assert np.array_equal(res["test_idx"], held)  # the marked rows are exactly those predicted
     assert fits, "no fit ran"
     assert np.allclose(res["proba"].sum(axis=1), 1.0, atol=1e-5)

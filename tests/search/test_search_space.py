@@ -82,8 +82,11 @@ def test_mesh_covers_every_searchable_key() -> None:
     space = load_space(SPACES / "mesh.yaml")
     single_valued = {k for k, s in config.SCHEMA.items() if s.choices and len(s.choices) == 1}
     budget = {"train.max_epochs", "train.patience", "train.drop_last"}
-    assert set(config.SCHEMA) - set(space.params) - single_valued == budget
+    stage2 = {"data.pseudo_dir", "data.pseudo_lambda", "data.pseudo_min_p"}  # the stage2 space's
+    assert set(config.SCHEMA) - set(space.params) - single_valued == budget | stage2
     assert budget <= set(space.fixed)
+    second = load_space("stage2")
+    assert second.fixed["data.crowd"] == "pseudo" and "data.pseudo_lambda" in second.params
 
 
 def test_mesh_sampling_respects_conditions_and_backbones() -> None:
