@@ -189,8 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key (repeatable)")
     s.add_argument("--out", required=True, help="folder for the trial's outputs")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace another configuration's outputs in --out (refused without it)")
+    s.add_argument("--overwrite", action="store_true", help="replace another trial's outputs")
     s.add_argument("--eval-data", help="evaluation dataset root: the trial also predicts it")
     s.add_argument("--crowd-data", help="crowd dataset root, for data.crowd other than none")
     s.add_argument("--folds", type=int, default=5)

@@ -13,7 +13,7 @@ from bst_search import config
 from bst_search.data import DataError, load_dataset
 from bst_search.folds import assign_folds
 from bst_search.taxonomy import PROBA_COLUMNS
-from bst_search.trial import run_trial
+from bst_search.trial import OutputsError, run_trial
 
 FAST = {"model.hidden": 32, "model.heads": 2, "train.max_epochs": 3, "train.patience": 2,
         "train.batch_size": 64, "train.warmup_epochs": 1}
@@ -91,10 +91,17 @@ def test_resume_continues_from_finished_folds(dev, tmp_path, monkeypatch):
     run_trial(_cfg(), dev, tmp_path, on_fold=reported.append)
     assert calls == [0, 1, 2, 2, 3, 4]  # folds 0 and 1 were not trained again
     assert [r["resumed"] for r in reported] == [True, True, False, False, False]
-    # a different configuration does not reuse those folds
+    # a different configuration does not reuse those folds, nor deletes them unasked
     calls.clear()
-    run_trial(_cfg(seed=5), dev, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "folds").iterdir()}
+    with pytest.raises(OutputsError, match=rf"{tmp_path}.*seed: 0 -> 5.*--overwrite"):
+        run_trial(_cfg(seed=5), dev, tmp_path)
+    assert calls == [] and {p.name: p.read_bytes() for p in (tmp_path / "folds").iterdir()} == before
+    with pytest.raises(OutputsError, match="the holdout fraction"):
+        run_trial(_cfg(), dev, tmp_path, holdout_fraction=0.2)
+    run_trial(_cfg(seed=5), dev, tmp_path, overwrite=True)
     assert calls == [0, 1, 2, 3, 4]
+    assert config.load(tmp_path / "config.yaml")["seed"] == 5
 
 
 def test_missing_backbone_is_named(dev, tmp_path):
@@ -118,6 +125,12 @@ def test_cli_trial_with_preset_and_overrides(tiny_data, tmp_path):
     assert pd.read_parquet(out / "oof.parquet")["fold"].nunique() == 3
     bad = subprocess.run(cmd[:-2] + ["--set", "model.fusoin=x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "model.fusoin" in bad.stderr
+    folds = {p.name: p.stat().st_mtime_ns for p in (out / "folds").iterdir()}
+    other = subprocess.run(cmd + ["--set", "model.hidden=24"], capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 2 and str(out) in other.stderr
+    assert "model.hidden: 16 -> 24" in other.stderr and "--overwrite" in other.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "folds").iterdir()} == folds
 
 
 def test_holdout_rows_never_reach_a_fit_or_the_oof(dev, ev, tiny_data, tmp_path, monkeypatch):
