@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bst_search import config, training
-from bst_search.data import DataError, Dataset, load_dataset
+from bst_search.data import DataError, Dataset
 from bst_search.data import pseudo as pl
 from bst_search.data.strategies import FoldContext, crowd_candidates, crowd_targets, select_crowd
 from bst_search.ensemble.pseudo_label import fold_labels
@@ -28,16 +28,6 @@ FAST = {"model.hidden": 16, "model.heads": 2, "train.max_epochs": 3, "train.pati
 
 def _cfg(**extra: object) -> dict:
     return config.load("late_fusion", {**FAST, **extra})
-
-
-@pytest.fixture(scope="module")
-def dev(tiny_data) -> Dataset:
-    return load_dataset(tiny_data["dev"])
-
-
-@pytest.fixture(scope="module")
-def crowd(tiny_data) -> Dataset:
-    return load_dataset(tiny_data["crowd"])
 
 
 def _crowd_frame(ids: np.ndarray, rng: np.random.Generator, n_folds: int = 5) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pytest
 
 import bst_search.knn as knn_mod
 from bst_search import config, training
-from bst_search.data import DataError, Dataset, load_dataset, pseudo
+from bst_search.data import DataError, Dataset, pseudo
 from bst_search.data.strategies import (
     CROWD_FILTERS,
     FoldContext,
@@ -34,16 +34,6 @@ FAST = {"model.hidden": 16, "model.heads": 2, "train.max_epochs": 2, "train.pati
 
 def _cfg(**extra: object) -> dict:
     return config.load("late_fusion", {**FAST, **extra})
-
-
-@pytest.fixture(scope="module")
-def dev(tiny_data) -> Dataset:
-    return load_dataset(tiny_data["dev"])
-
-
-@pytest.fixture(scope="module")
-def crowd(tiny_data) -> Dataset:
-    return load_dataset(tiny_data["crowd"])
 
 
 def test_registry_matches_schema() -> None:
