@@ -34,10 +34,27 @@ OUTPUT_FILES = (ENSEMBLE_FILE, OOF_FILE, EVAL_FILE, SUBMISSION_FILE,
 
 
 def clear_outputs(out: Path) -> None:
-    """Create ``out`` and remove a previous run's files, so none is mistaken for this one's."""
+    """Create ``out`` and remove a previous run's files, so none is mistaken for this one's.
+
+    The previous ``submission.csv`` stays: only a new one that passed every self-check
+    replaces it (``write_submission``), so a refused ensemble never costs the one there was.
+    """
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
+        if name != SUBMISSION_FILE:
+            (out / name).unlink(missing_ok=True)
+
+
+def _log_outputs(client: Any, run_id: str, out: Path, status: str) -> None:
+    """Every file of ``out`` as the run's artifacts; a submission this run did not write (a
+    previous one, kept) is not this run's and is left out."""
+    for path in sorted(out.iterdir()):
+        if path.name == SUBMISSION_FILE and status != "written":
+            continue
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), path.name)
+        else:
+            client.log_artifact(run_id, str(path))
 
 
 def write_parquets(out: Path, cs: CandidateSet, proba: np.ndarray,
@@ -89,7 +106,7 @@ def log_run(tracking_uri: str, experiment: str, out: Path, report: dict[str, Any
         ms = [Metric(k, float(v), now, 0) for k, v in metrics.items()
               if v is not None and np.isfinite(v)]
         client.log_batch(rid, params=[Param(k, v) for k, v in params.items()], metrics=ms)
-        client.log_artifacts(rid, str(out))
+        _log_outputs(client, rid, out, status)
         client.set_terminated(rid, "FINISHED")
     except BaseException:
         client.set_terminated(rid, "FAILED")

@@ -176,21 +176,32 @@ def check_submission(sub: pd.DataFrame, expected_ids: Sequence[str] | np.ndarray
 
 def write_submission(sub: pd.DataFrame, path: str | os.PathLike[str],
                      expected_ids: Sequence[str] | np.ndarray, **check_kwargs: object) -> dict[str, object]:
-    """Check, write under a temporary name, re-read and re-check the file, then publish it.
+    """Check, write beside the current file, re-read and re-check it, then replace the current one.
 
-    Checking what was written, not only what was meant, catches formatting accidents.
+    Checking what was written, not only what was meant, catches formatting accidents. The
+    previous submission is replaced (``os.replace``, after an fsync) only once every check has
+    passed: a refused or interrupted ensemble leaves it as it was.
     """
     path = Path(path)
     report = check_submission(sub, expected_ids, **check_kwargs)  # type: ignore[arg-type]
-    tmp = path.with_name(f".{path.name}.tmp")
-    sub.to_csv(tmp, index=False, float_format="%.6f")
-    back = pd.read_csv(tmp, dtype={"id": str, "predicted_bst_second_level_class": str},
-                       keep_default_na=False)
-    failures = check_frame(back, expected_ids, where=str(path))
-    if failures:
-        tmp.unlink()
-        raise SubmissionCheckError(failures, str(path))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        sub.to_csv(tmp, index=False, float_format="%.6f")
+        back = pd.read_csv(tmp, dtype={"id": str, "predicted_bst_second_level_class": str},
+                           keep_default_na=False)
+        failures = check_frame(back, expected_ids, where=str(path))
+        if failures:
+            raise SubmissionCheckError(failures, str(path))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself survives a power cut
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return report
 
 

@@ -429,6 +429,8 @@ def _print_files(report: dict[str, Any], out: Path, run_id: str | None, experime
             p("  SUBMISSION REFUSED:")
             for f in ev["failures"]:
                 p(f"    - {f}")
+    if not (ev and ev["submission_written"]) and (out / SUBMISSION_FILE).exists():
+        p(f"  {out / SUBMISSION_FILE} is a previous ensemble's, left as it was")
     p(f"files in {out}: " + ", ".join(n for n in OUTPUT_FILES if (out / n).exists()))
     if run_id:
         p(f"mlflow run {run_id} ({KIND}={KIND_ENSEMBLE}) in experiment {experiment!r}")

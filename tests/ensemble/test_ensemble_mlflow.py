@@ -284,16 +284,18 @@ def test_coordinator_end_to_end(store, tmp_path, capsys):
 def test_refused_submission_is_not_written(store, tmp_path, capsys):
     out = tmp_path / "e"
     out.mkdir()
-    (out / "submission.csv").write_text("stale\n")
+    (out / "submission.csv").write_text("previous\n")
     rc = main(_args(store, out, "--max-shift", "1e-9", "--no-log", "--no-honest"))
     assert rc == 1
-    assert not (out / "submission.csv").exists(), "a stale or refused submission was left"
+    assert (out / "submission.csv").read_text() == "previous\n", "the previous one was lost"
+    assert sorted(p.name for p in out.glob(".*")) == [], "a refused submission was left"
     rep = json.loads((out / "ensemble.json").read_text())
     assert rep["honest"] is None
     assert not rep["eval"]["submission_written"]
     assert any("above --max-shift" in f for f in rep["eval"]["failures"])
     printed = capsys.readouterr().out
     assert "SUBMISSION REFUSED" in printed and "skipped (--no-honest)" in printed
+    assert "submission.csv is a previous ensemble's, left as it was" in printed
 
 
 def test_cli_errors(store, tmp_path, capsys):

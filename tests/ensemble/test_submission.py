@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from bst_search.ensemble.outputs import _log_outputs, clear_outputs
 from bst_search.ensemble.submission import (
     MemberEval,
     SubmissionCheckError,
@@ -111,6 +114,72 @@ def test_all_failures_reported_together():
     bad.iloc[0, 2] = -1.0
     f = _fail(bad, members=[_member(0, has_eval=False)])
     assert len(f) >= 3
+
+
+def _previous(tmp_path):
+    path = tmp_path / "submission.csv"
+    path.write_text("id,predicted_bst_second_level_class,prediction_score\ne000,m-sp,0.9\n")
+    return path, path.read_bytes()
+
+
+def test_refused_submission_leaves_the_previous_one(tmp_path):
+    path, before = _previous(tmp_path)
+    sub, pred = _good()
+    shifted = build_submission(IDS, _proba(np.zeros(len(IDS), dtype=int)))
+    with pytest.raises(SubmissionCheckError, match="above --max-shift"):
+        write_submission(shifted, path, IDS, members=[_member()], oof_pred=pred, max_shift=0.15)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+    # what is written is checked too: a score that rounds to 0.000000 in the file
+    tiny = sub.copy()
+    tiny.loc[3, "prediction_score"] = 1e-7
+    with pytest.raises(SubmissionCheckError, match=rf"{path}.*outside \(0, 1\]"):
+        write_submission(tiny, path, IDS, members=[_member()], oof_pred=pred, max_shift=0.15)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+    write_submission(sub, path, IDS, members=[_member()], oof_pred=pred, max_shift=0.15)
+    assert pd.read_csv(path, dtype=str)["id"].tolist() == IDS.tolist()
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_interrupted_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path, before = _previous(tmp_path)
+    sub, pred = _good()
+
+    def disk_full(self, target, **kw):
+        Path(target).write_text("id,predicted_bst_sec")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_submission(sub, path, IDS, members=[_member()], oof_pred=pred, max_shift=0.15)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
+class _Recorder:
+    """The two MlflowClient calls that log a run's artifacts, recorded."""
+
+    def __init__(self) -> None:
+        self.logged: list[str] = []
+
+    def log_artifact(self, run_id: str, local: str) -> None:
+        self.logged.append(Path(local).name)
+
+    def log_artifacts(self, run_id: str, local: str, artifact_path: str) -> None:
+        self.logged.append(artifact_path + "/")
+
+
+def test_new_outputs_keep_the_previous_submission_out_of_a_refused_run(tmp_path):
+    path, before = _previous(tmp_path)
+    for name in ("ensemble.json", "oof.parquet", "selection_curve.png"):
+        (tmp_path / name).write_text("old")
+    clear_outputs(tmp_path)
+    assert sorted(tmp_path.iterdir()) == [path] and path.read_bytes() == before
+    (tmp_path / "ensemble.json").write_text("{}")
+    (tmp_path / "plots").mkdir()
+    for status, logged in (("refused", ["ensemble.json", "plots/"]),
+                           ("written", ["ensemble.json", "plots/", "submission.csv"])):
+        client = _Recorder()
+        _log_outputs(client, "r1", tmp_path, status)
+        assert client.logged == logged
 
 
 def _labels(tmp_path, truth):
