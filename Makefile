@@ -48,5 +48,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/bench_extract.py
 
+# what the Makefile built (.venv, the docs site) and the demo's folder; a sweep of one's own
+# under bst-runs/ is never touched (bst-runs/ goes only when nothing else is left in it)
 clean:
-	rm -rf $(VENV) bst-runs
+	rm -rf $(VENV) bst-runs/site $(DEMO_DIR)
+	rmdir bst-runs 2>/dev/null || true
