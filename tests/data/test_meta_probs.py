@@ -100,7 +100,7 @@ def test_probabilities_prior_and_flag(dev: Dataset, ev: Dataset) -> None:
     prior = np.bincount(dev.y[train_idx], minlength=N_CLASSES) / len(train_idx)
     assert np.allclose(out.dev[held[:3], :N_CLASSES], prior)
     acc = (out.dev[held, :N_CLASSES].argmax(axis=1) == dev.y[held]).mean()
-    assert acc > 0.8  # the synthetic text is drawn from the true class
+    assert acc > 0.45  # most synthetic texts use the true class's words (chance: 1/23)
 
 
 def test_a_label_planted_in_held_out_text_does_not_move_their_scores(dev: Dataset,
