@@ -73,10 +73,12 @@ def _checkpoints(values: list[str]) -> tuple[Path | None, dict[str, Path]]:
 
 def execute(args: argparse.Namespace) -> int:
     from bst_search.extract.backbones import BackboneOptions
+    from bst_search.extract.deps import check_dependencies
     from bst_search.extract.errors import ExtractError
     from bst_search.extract.run import ExtractJob, run_extract, summary_lines
 
     try:
+        check_dependencies(args.backbone)  # before any data or model: README, Install
         default_ckpt, named_ckpts = _checkpoints(args.checkpoint)
         opts = BackboneOptions(
             checkpoint=default_ckpt,
