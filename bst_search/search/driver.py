@@ -31,6 +31,7 @@ from bst_search.search.plan import (
     plan_sweep,
     sweep_identity,
 )
+from bst_search.search.stopping import STOPS, own_session_for_ray
 from bst_search.search.summary import SweepSummary, close_sweep, summarize
 from bst_search.search.trainable import FAIL_ENV, FAULT_ENV, SLOW_ENV, trial_fn
 
@@ -98,9 +99,12 @@ def start_ray(address: str | None, verbose: bool = True) -> str:
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _DEFAULT_TOKEN_AUTH)
     # address="local": never attach to a cluster an earlier `ray start` left in
-    # /tmp/ray/ray_current_cluster or $RAY_ADDRESS; the GCS takes a free port (not 6379)
-    ray.init(address="local", include_dashboard=False, logging_level=level,
-             runtime_env={"env_vars": env})
+    # /tmp/ray/ray_current_cluster or $RAY_ADDRESS; the GCS takes a free port (not 6379).
+    # Its processes out of the driver's process group: a SIGTERM to the group stops the
+    # driver, which stops them (stopping.own_session_for_ray)
+    with own_session_for_ray():
+        ray.init(address="local", include_dashboard=False, logging_level=level,
+                 runtime_env={"env_vars": env})
     return f"started a private local Ray (GCS {ray.get_runtime_context().gcs_address})"
 
 
@@ -141,7 +145,7 @@ def new_tuner(plan: SweepPlan, trainable: Any, callbacks: list[Any], name: str, 
     searcher = SweepOptunaSearch(
         space=space.sample, metric=space.metric, mode=space.mode, points_to_evaluate=warm,
         sampler=make_sampler(fixed.sampler, fixed.seed, concurrency),
-        study_name=plan.experiment, storage=plan.rdb)
+        study_name=plan.experiment, storage=plan.rdb, segment=name, n_trials=n)
     alg = ConcurrencyLimiter(searcher, max_concurrent=fixed.concurrency) if fixed.concurrency else searcher
     reporter = None
     if plan.verbose:  # Tune's own trial table, as Tune prints it
@@ -191,9 +195,11 @@ _DEFAULT_TOKEN_AUTH = _DefaultTokenAuth()
 
 
 def fit(tuner: tune.Tuner, logger: MlflowTrialLogger) -> set[str]:
-    """Run one Tune experiment; returns the trials it cut off (Ctrl-C, the time budget)."""
+    """Run one Tune experiment; returns the trials it cut off (Ctrl-C, SIGTERM, the time
+    budget, a lost lease)."""
     logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_NO_TRIAL_FILES)
-    tuner.fit()
+    with STOPS.tune_run():
+        tuner.fit()
     cut = logger.cut_off()
     logger.finish_restored()
     logger.interrupt(cut)
@@ -224,7 +230,7 @@ def run_segments(plan: SweepPlan, identity: dict[str, Any], trainable: Any,
     else:  # the previous driver died before Tune first saved its state
         cut = fit(new_tuner(plan, trainable, callbacks, last["name"], last["trials"]), logger)
     extra = _extension(plan.trials, identity["trials"])
-    if not cut and extra and not console.budget_hit:
+    if not cut and extra and not console.budget_hit and not STOPS.requested:
         name = f"{identity['sweep']}-{len(identity['segments']) + 1}"
         identity["segments"].append({"name": name, "trials": extra})
         identity["trials"] = plan.trials
@@ -255,12 +261,14 @@ def drive(plan: SweepPlan, lease: Lease, trial: TrialFn = trial_fn) -> SweepSumm
     identity = sweep_identity(plan, data.fingerprints)
     sweep = identity["sweep"]
     print(start_ray(plan.address, plan.verbose))
+    STOPS.install(str(plan.workdir))  # after Ray's own SIGTERM handler, which exits at once
     print(f"sweep {sweep}: Optuna study {plan.experiment!r} in {mask_url(plan.optuna_url)}, "
           f"Tune storage {plan.tune.uri}, MLflow {plan.fixed.tracking_uri}")
     logger = MlflowTrialLogger(
         plan.tracking_uri, str(plan.workdir), plan.experiment, sweep, data.fingerprints,
         plan.space, plan.fixed.folds, resources=plan.fixed.resources,
-        on_setup=lambda: state.write_identity(plan.rdb, plan.experiment, identity))
+        on_setup=lambda: state.write_identity(plan.rdb, plan.experiment, identity),
+        fence=(plan.optuna_url, lease.key, lease.owner))
     closed = logger.start()
     if plan.stored is not None:
         print(f"resuming sweep {sweep}: {len(closed)} interrupted run(s) marked KILLED")
@@ -270,17 +278,17 @@ def drive(plan: SweepPlan, lease: Lease, trial: TrialFn = trial_fn) -> SweepSumm
     try:
         cut = run_segments(plan, identity, make_trainable(plan, data, trial), logger, console)
         errors = sum(t.status == "ERROR" for t in logger.trials)
-        counts = close_sweep(plan, logger, cut)
-    except KeyboardInterrupt:  # a second Ctrl-C: do not wait for MLflow again
+        counts = close_sweep(plan, logger, cut, stopped=STOPS.requested, drain_s=STOPS.drain_s())
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): do not wait for MLflow again
         logger.close(wait=False)
         raise
     finally:
         console.close()
-        logger.close()
+        logger.close(timeout=STOPS.drain_s())
     summary = summarize(logger, plan)
     summary.counts, summary.errors, summary.interrupted = counts, errors, len(cut)
     summary.budget_s, summary.budget_hit = plan.time_budget_s, console.budget_hit
-    summary.lease_lost = lease.lost
+    summary.lease_lost, summary.taken_by, summary.signum = lease.lost, lease.taken_by, STOPS.signum
     return summary
 
 
@@ -308,8 +316,15 @@ def run_search(args: argparse.Namespace, trial: TrialFn = trial_fn) -> SweepSumm
     searcher.use_storage(optuna_url)
     lease = state.Lease(optuna_url, args.experiment)
     lease.acquire()  # one live driver per sweep, before anything is written
+    STOPS.reset()
+    STOPS.lease = lease  # the MLflow logger and the searcher write only while it is held
     try:
         lease.start_heartbeat()
         return drive(plan_sweep(args, space, workdir, optuna_url), lease, trial)
+    except KeyboardInterrupt:
+        if STOPS.signum:  # a SIGTERM / SIGHUP before or after the Tune run: its exit code
+            raise SystemExit(128 + STOPS.signum) from None
+        raise
     finally:
+        STOPS.lease = None
         lease.release()

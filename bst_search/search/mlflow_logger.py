@@ -30,6 +30,7 @@ from ray import tune
 
 from bst_search import tracking
 from bst_search.config import SCHEMA
+from bst_search.search.stopping import STOPS
 
 if TYPE_CHECKING:
     from bst_search.search.space import SearchSpace
@@ -45,10 +46,34 @@ class RunBook:
     values (configs, fold results, a Tune checkpoint), never the driver's objects."""
 
     def __init__(self, experiment_id: str, sweep: str, fingerprints: dict[str, str], space: SearchSpace,
-                 n_folds: int, resources: dict[str, float] | None = None) -> None:
+                 n_folds: int, resources: dict[str, float] | None = None,
+                 fence: tuple[str, str, str] | None = None) -> None:
         self.experiment_id, self.sweep, self.fingerprints = experiment_id, sweep, fingerprints
         self.space, self.n_folds, self.resources = space, n_folds, resources
         self.runs: dict[str, str] = {}  # trial id -> its open run
+        # (lease database URL, sweep key, the driver's owner string): a run is closed FINISHED
+        # or FAILED only while the driver still holds the sweep's lease
+        self.fence = fence
+        self._fence_engine: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fence_engine": None}
+
+    def _may_close(self, trial_id: str) -> bool:
+        """Whether the driver still owns the sweep: a driver stalled past its lease must not
+        close a run that the driver which took over runs again."""
+        if self.fence is None:
+            return True
+        import sqlalchemy as sa
+
+        from bst_search.search.state import lease_owner
+
+        url, key, owner = self.fence
+        self._fence_engine = self._fence_engine or sa.create_engine(url, pool_pre_ping=True)
+        if lease_owner(self._fence_engine, key) == owner:
+            return True
+        log.warning("trial %s: not closed, the sweep's lease is another driver's now", trial_id)
+        return False
 
     def _config(self, config: dict[str, Any] | None) -> dict[str, Any]:
         return self.space.config({k: v for k, v in (config or {}).items() if k in SCHEMA})
@@ -70,6 +95,8 @@ class RunBook:
                  folds: list[dict[str, Any]], tags: dict[str, str], result: dict[str, Any],
                  checkpoint: Any, logged: set[int]) -> None:
         """Close the run FINISHED/complete with the checkpoint's artifacts and measurements."""
+        if not self._may_close(trial_id):
+            return
         run_id = self.open(cl, trial_id, config, node)
         with checkpoint.as_directory() as d:
             # the trial's full measurements: its last report carries only what Tune needs
@@ -87,6 +114,8 @@ class RunBook:
     def stop_early(self, cl: Any, trial_id: str, config: dict[str, Any] | None, node: str,
                    folds: list[dict[str, Any]], tags: dict[str, str], folds_done: int) -> None:
         """Close the run FINISHED/early_stopped: the scheduler stopped the trial."""
+        if not self._may_close(trial_id):
+            return
         tracking.finish_trial_run(
             cl, self.open(cl, trial_id, config, node), metrics=None, artifacts_dir=None, folds=folds,
             tags=tags, status="FINISHED", bst_status="early_stopped",
@@ -96,6 +125,8 @@ class RunBook:
     def fail(self, cl: Any, trial_id: str, config: dict[str, Any] | None, node: str,
              folds: list[dict[str, Any]], tags: dict[str, str], note: str) -> None:
         """Close the attempt's run FAILED (Tune may retry the trial: a new run)."""
+        if not self._may_close(trial_id):
+            return
         tracking.finish_trial_run(cl, self.open(cl, trial_id, config, node), metrics=None,
                                   artifacts_dir=None, folds=folds, tags=tags, status="FAILED",
                                   bst_status="failed", note=note)
@@ -119,7 +150,9 @@ class Writers:
     child, ``n`` threads each drain their own bounded queue in order, and a key's writes always
     go to the same thread: a trial's writes keep their order. When the child's queues are full
     it stops reading, the pipe fills and :meth:`submit` waits (bounded memory). If the driver
-    dies, the child still performs what it received, then exits; Ctrl-C is the driver's."""
+    dies, the child still performs what it received, then exits. Ctrl-C, SIGTERM and SIGHUP
+    reach the whole process group (a terminal, ``timeout``): the child ignores them, the driver
+    decides, drains the queued writes and closes the child."""
 
     def __init__(self, uri: str, book: RunBook, n: int = 4, maxsize: int = 256) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs Ray's threads
@@ -155,26 +188,33 @@ class Writers:
                               f"{self.process.exitcode}): later writes are lost; --resume closes their runs")
             log.error(self._gone[0])
 
-    def _reply(self, message: tuple) -> None:
-        """Send ``message`` and take the child's answer: every write before it is done."""
+    def _reply(self, message: tuple, timeout: float | None = None) -> bool:
+        """Send ``message`` and take the child's answer: every write before it is done.
+        False when the answer did not come within ``timeout`` seconds (None: no limit)."""
         if self._send(message):
             try:
+                if timeout is not None and not self._replies.poll(timeout):
+                    self._gone.append(f"the MLflow writer process did not finish its queued writes "
+                                      f"within {timeout:.0f}s: they are lost; --resume closes their runs")
+                    log.error(self._gone[-1])
+                    return False
                 self._failed = self._replies.recv()
             except (EOFError, OSError) as e:
                 self._lost(e)
+        return True
 
-    def drain(self) -> None:
-        """Wait until every write queued so far is done (or failed for good: ``errors``)."""
-        self._reply(("drain",))
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every write queued so far is done (or failed for good: ``errors``), for
+        at most ``timeout`` seconds; False when they were not done by then."""
+        return self._reply(("drain",), timeout)
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the child, after the queued writes unless ``wait`` is false (they are lost;
-        ``--resume`` closes what they would have closed)."""
-        if wait and self.process.is_alive():
-            self._reply(("close",))
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop the child, after the queued writes (at most ``timeout`` seconds) unless ``wait``
+        is false (they are lost; ``--resume`` closes what they would have closed)."""
+        if wait and self.process.is_alive() and self._reply(("close",), timeout):
             self.process.join(30)
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()  # it ignores SIGTERM (see the class docstring)
             self.process.join(10)
         self._commands.close()
         self._replies.close()
@@ -182,7 +222,8 @@ class Writers:
 
 def _serve(uri: str, book: RunBook, n: int, maxsize: int, commands: Any, replies: Any) -> None:
     """The writer process: read the driver's messages until it says close or is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the driver decides
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # sent to the group: the driver decides
+        signal.signal(s, signal.SIG_IGN)
     tracking.write_ahead_sqlite()
     queues: list[queue.Queue] = [queue.Queue(maxsize=maxsize) for _ in range(n)]
     errors: list[str] = []
@@ -248,11 +289,13 @@ class MlflowTrialLogger(tune.Callback):
     def __init__(self, uri: str, workdir: str, experiment: str, sweep: str,
                  fingerprints: dict[str, str], space: SearchSpace, n_folds: int, *, writers: int = 4,
                  on_setup: Callable[[], None] | None = None,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None,
+                 fence: tuple[str, str, str] | None = None) -> None:
         self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep
         self.fingerprints, self.space, self.n_folds = fingerprints, space, n_folds
         self.n_writers, self.on_setup = writers, on_setup
         self.resources = resources  # per trial {"cpu": .., "gpu": ..}: tagged bst.cpus/bst.gpus
+        self.fence = fence  # the driver's lease, checked before a run is closed (RunBook)
         self.client: Any = None
         self.experiment_id: str | None = None
         self.writers: Writers | None = None
@@ -304,28 +347,30 @@ class MlflowTrialLogger(tune.Callback):
                 tracking.with_retry(self.client.set_terminated, r.info.run_id, status="KILLED")
                 closed.append(r.info.run_id)
         book = RunBook(self.experiment_id, self.sweep, self.fingerprints, self.space, self.n_folds,
-                       self.resources)
+                       self.resources, self.fence)
         self.writers = Writers(self.uri, book, self.n_writers)
         _LIVE[self.sweep] = self
         return closed
 
-    def drain(self) -> list[str]:
-        """Wait for every queued write; returns the errors of writes that failed for good."""
+    def drain(self, timeout: float | None = None) -> list[str]:
+        """Wait for every queued write (at most ``timeout`` seconds); returns the errors of
+        writes that failed for good or were not done in time."""
         if self.writers is not None:
-            self.writers.drain()
+            self.writers.drain(timeout)
             return list(self.writers.errors)
         return []
 
-    def close(self, wait: bool = True) -> None:
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
         if self.writers is not None:
-            self.writers.close(wait)
+            self.writers.close(wait, timeout)
             self.writers = None
         _LIVE.pop(self.sweep, None)
 
     # -- queueing writes (the event loop) --------------------------------------------------
     def _submit(self, trial_id: str, op: str, *args: Any) -> None:
         assert self.writers is not None, "MlflowTrialLogger.start() was not called"
-        self.writers.submit(trial_id, op, trial_id, *args)
+        if STOPS.may_write():  # a driver that lost its lease writes nothing more
+            self.writers.submit(trial_id, op, trial_id, *args)
 
     def _node(self, trial_id: str) -> str:
         nodes = self._nodes.get(trial_id)

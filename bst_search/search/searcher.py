@@ -15,7 +15,15 @@ What Optuna is told, so that it learns only from the objective:
   added as a new Optuna trial with the same parameters (an Optuna trial cannot leave FAIL), so
   MLflow's FINISHED run and Optuna's COMPLETE trial agree;
 * a trial whose final value the study already holds (the driver died between Optuna's update
-  and Tune's next state save) keeps it.
+  and Tune's next state save) keeps it;
+* an orphan, an Optuna trial of this Tune experiment that Tune's restored state does not know
+  (a head lost after the trial was asked for and before Tune's state reached the storage), is
+  adopted at the first suggestion: left RUNNING, it is told FAIL (``bst.orphan``) and its
+  parameters are enqueued, so the next new trial runs them instead of a new sample; finished,
+  it takes the place of a new trial (the experiment's ``n_trials`` count it). A resumed sweep
+  thus runs exactly ``--trials`` trials.
+
+A driver that lost its lease (:mod:`bst_search.search.stopping`) neither asks nor tells.
 
 A trial's running values are held by this searcher and written when it ends, and only when it
 ends PRUNED or FAIL: a COMPLETE trial's value is its value (its per-fold curve is in MLflow,
@@ -31,12 +39,17 @@ import os
 from typing import Any
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bst_search.search.space import InvalidSample, SpaceError
+from bst_search.search.stopping import STOPS
 
 STORAGE_ENV = "BST_OPTUNA_STORAGE"
 TUNE_TRIAL_ATTR = "bst.tune_trial_id"
+SEGMENT_ATTR = "bst.segment"  # the Tune experiment (segment of the sweep) that asked for it
+ORPHAN_ATTR = "bst.orphan"  # a RUNNING trial no Tune trial owned, told FAIL when adopted
+ADOPTS_ATTR = "bst.adopts"  # an enqueued trial: the number of the orphan it runs again
 log = logging.getLogger(__name__)
 # consecutive rejected samples for one trial before the sweep gives up on the space
 MAX_REJECTS = 500
@@ -95,10 +108,14 @@ class SweepOptunaSearch(ValidOptunaSearch):
     """``OptunaSearch`` (valid by construction, :mod:`bst_search.search.samplers`) with secret-free
     pickles, PRUNED early stops and re-run agreement."""
 
-    _VOLATILE = ("_storage", "_ot_study", "_ot_trials", "_open")
+    _VOLATILE = ("_storage", "_ot_study", "_ot_trials", "_open", "_adopted")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, segment: str | None = None, n_trials: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._segment, self._n_trials = segment, n_trials  # None/negative n_trials: no cap
+        self._finished_orphans = 0  # trials of this segment that finished unknown to Tune
+        self._adopted = False
         # per Tune trial: whether its Optuna trial still takes values; read from the study once
         # per trial and driver (this searcher is its only writer), never once per result
         self._open: dict[str, bool] = {}
@@ -117,7 +134,9 @@ class SweepOptunaSearch(ValidOptunaSearch):
                                            sampler=self._sampler)
         self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in ids.items()}
         self._open = {}
-        self.__dict__.setdefault("_running", {})  # a state saved before it existed
+        self._adopted = False
+        for k, v in (("_running", {}), ("_segment", None), ("_n_trials", None), ("_finished_orphans", 0)):
+            self.__dict__.setdefault(k, v)  # a state saved before it existed
 
     def __getstate__(self) -> dict[str, Any]:  # tuner.pkl
         return self._state()
@@ -137,13 +156,48 @@ class SweepOptunaSearch(ValidOptunaSearch):
         with open(checkpoint_path, "rb") as fh:
             self._reconnect(pickle.load(fh))
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not STOPS.may_write():
+            return None
+        if not self._adopted:
+            self._adopt_orphans()
+        if trial_id not in self._ot_trials and self._n_trials is not None and 0 <= self._n_trials <= (
+                len(self._ot_trials) + self._finished_orphans):
+            return Searcher.FINISHED  # finished orphans took the places of the last trials
         params = super().suggest(trial_id)
         t = self._ot_trials.get(trial_id)
         if t is not None:  # lets a reader of the study find the Tune trial (and MLflow run)
-            self._ot_study._storage.set_trial_user_attr(t._trial_id, TUNE_TRIAL_ATTR, trial_id)
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(t._trial_id, TUNE_TRIAL_ATTR, trial_id)
+            if self._segment is not None:
+                storage.set_trial_user_attr(t._trial_id, SEGMENT_ATTR, self._segment)
             self._open[trial_id] = True
         return params
+
+    def _adopt_orphans(self) -> None:
+        """Once per driver, before its first new trial: the orphans of this segment (module
+        docstring). RUNNING ones are told FAIL and their parameters enqueued; finished ones
+        are counted against ``n_trials``."""
+        self._adopted = True
+        if self._segment is None:
+            return
+        S = optuna.trial.TrialState
+        known = {t._trial_id for t in self._ot_trials.values()}
+        finished = 0
+        for t in self._ot_study.get_trials(deepcopy=False):
+            if (t.user_attrs.get(SEGMENT_ATTR) != self._segment or t._trial_id in known
+                    or TUNE_TRIAL_ATTR not in t.user_attrs or "bst.rerun_of" in t.user_attrs):
+                continue
+            if t.state == S.RUNNING:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, ORPHAN_ATTR, True)
+                self._ot_study.tell(t.number, state=S.FAIL)
+                self._ot_study.enqueue_trial(t.params, user_attrs={ADOPTS_ATTR: t.number},
+                                             skip_if_exists=False)
+                log.info("Optuna trial %s was asked for but never reached Tune's saved state: "
+                         "its parameters run as the next trial", t.number)
+            elif t.state in (S.COMPLETE, S.PRUNED):
+                finished += 1
+        self._finished_orphans = finished
 
     def _is_open(self, trial_id: str) -> bool:
         if trial_id not in self._open:
@@ -176,7 +230,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
                 return
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials or not STOPS.may_write():
             return
         state, value = outcome(result, self.metric, error)
         S = optuna.trial.TrialState

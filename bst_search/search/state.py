@@ -9,7 +9,9 @@ nothing behind that would block a fresh run or pretend to be resumable.
 The lease is a row in a small table of that same database: a driver owns a sweep while its
 row is fresh; a heartbeat renews it. A second live driver is refused; a driver that died
 (SIGKILL, a lost head) is taken over once its lease expires, or at once when it ran on this
-machine and its process is gone.
+machine and its process is gone. A driver that finds its lease gone (it stalled past the TTL
+and another driver took over, or the database stayed unreachable past the TTL) stops: the
+heartbeat calls ``on_lost``, and :meth:`Lease.held` lets every write check it first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -125,11 +128,18 @@ class Lease:
             sa.Column("owner", sa.String(256), nullable=False),
             sa.Column("host", sa.String(256), nullable=False),
             sa.Column("pid", sa.Integer, nullable=False),
-            sa.Column("expires", sa.Float, nullable=False))
+            sa.Column("expires", sa.Float, nullable=False),
+            sa.Column("since", sa.Float, nullable=True))
         meta.create_all(self.engine, checkfirst=True)
+        if "since" not in {c["name"] for c in sa.inspect(self.engine).get_columns("bst_sweep_lease")}:
+            with self.engine.begin() as c:  # a table made before leases said since when
+                c.execute(sa.text("ALTER TABLE bst_sweep_lease ADD COLUMN since FLOAT"))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the heartbeat and held() renew one at a time
+        self._renewed = -float("inf")  # time.monotonic() of the last successful renewal
         self.lost = False
+        self.taken_by: str | None = None  # who holds it after this driver lost it
 
     def acquire(self) -> None:
         """Take the lease or raise :class:`SweepStateError` naming its live holder."""
@@ -137,12 +147,14 @@ class Lease:
 
         t = self.table
         now = time.time()
-        mine = {"owner": self.owner, "host": self.host, "pid": self.pid, "expires": now + self.ttl}
+        mine = {"owner": self.owner, "host": self.host, "pid": self.pid, "expires": now + self.ttl,
+                "since": now}
         with self.engine.begin() as c:
             row = c.execute(sa.select(t).where(t.c.key == self.key)).first()
             if row is None:
                 try:
                     c.execute(t.insert().values(key=self.key, **mine))
+                    self._renewed = time.monotonic()
                     return
                 except sa.exc.IntegrityError:
                     row = None
@@ -151,6 +163,7 @@ class Lease:
                 done = c.execute(t.update().where(t.c.key == self.key, t.c.owner == row.owner)
                                  .values(**mine))
                 if done.rowcount == 1:
+                    self._renewed = time.monotonic()
                     return
         with self.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.key == self.key)).first()
@@ -160,28 +173,79 @@ class Lease:
             f"sweep {self.key!r} is being driven by {holder}{left}. One driver per sweep: stop "
             f"that one, or if it is gone, run --resume again once its lease has expired")
 
-    def renew(self) -> bool:
+    def holder(self) -> str:
+        """Who holds the sweep's lease now: host, pid and since when, or that nobody does."""
+        import sqlalchemy as sa
 
         t = self.table
-        with self.engine.begin() as c:
-            done = c.execute(t.update().where(t.c.key == self.key, t.c.owner == self.owner)
-                             .values(expires=time.time() + self.ttl))
-        self.lost = done.rowcount != 1
-        return not self.lost
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(t).where(t.c.key == self.key)).first()
+        if row is None:
+            return "nobody (the lease row is gone)"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.since)) if row.since else "?"
+        return f"host {row.host} pid {row.pid} (since {since})"
+
+    def renew(self) -> bool:
+        """Extend the lease; False, and ``lost``, when another driver holds it now."""
+        t = self.table
+        with self._lock:
+            if self.lost:
+                return False
+            with self.engine.begin() as c:
+                done = c.execute(t.update().where(t.c.key == self.key, t.c.owner == self.owner)
+                                 .values(expires=time.time() + self.ttl))
+            if done.rowcount == 1:
+                self._renewed = time.monotonic()
+                return True
+        self._lose()
+        return False
+
+    def held(self) -> bool:
+        """Whether this driver may still write: renewed within half the TTL, or renewed now.
+        A driver that was stalled (SIGSTOP, a frozen VM) finds out here, before its next
+        write, rather than at the heartbeat's next beat."""
+        if self.lost:
+            return False
+        if time.monotonic() - self._renewed < self.ttl / 2:
+            return True
+        try:
+            return self.renew()
+        except Exception:  # the database is unreachable: held until the TTL has passed
+            if time.monotonic() - self._renewed > self.ttl:
+                self._lose()
+            return not self.lost
+
+    def _lose(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        try:
+            self.taken_by = self.holder()
+        except Exception as e:  # the database is gone: say so
+            self.taken_by = f"unknown (the lease database is unreachable: {type(e).__name__})"
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    on_lost: Callable[[Lease], None] | None = None  # called once, from the thread that found out
 
     def start_heartbeat(self) -> None:
         def beat() -> None:
-            while not self._stop.wait(self.ttl / 4):
-                try:
-                    self.renew()
-                except Exception:  # a database hiccup: the next beat tries again
-                    pass
+            while not self._stop.wait(self.ttl / 4) and not self.lost:
+                self._beat()
 
         self._thread = threading.Thread(target=beat, name="bst-lease", daemon=True)
         self._thread.start()
 
-    def release(self) -> None:
+    def _beat(self) -> None:
+        try:
+            self.renew()
+        except Exception:  # a database hiccup: the next beat tries again; held() counts the TTL
+            if time.monotonic() - self._renewed > self.ttl:
+                self._lose()
 
+    def release(self) -> None:
+        """Give the lease up (only if it is still this driver's)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -191,3 +255,13 @@ class Lease:
                 c.execute(t.delete().where(t.c.key == self.key, t.c.owner == self.owner))
         finally:
             self.engine.dispose()
+
+
+def lease_owner(engine: Any, key: str) -> str | None:
+    """The owner string of the sweep's lease row (None without one): the MLflow writer
+    process checks it before a write that closes a run."""
+    import sqlalchemy as sa
+
+    with engine.connect() as c:
+        row = c.execute(sa.text("SELECT owner FROM bst_sweep_lease WHERE key = :k"), {"k": key}).first()
+    return row[0] if row else None

@@ -3,6 +3,7 @@ checkpoints, and the summary the driver prints (the top trials, read back from M
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,15 +34,19 @@ class SweepSummary:
     budget_s: float | None = None
     budget_hit: bool = False
     lease_lost: bool = False
+    taken_by: str | None = None  # who holds the lease this driver lost
+    signum: int | None = None  # the SIGTERM / SIGHUP that stopped the sweep
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def close_sweep(plan: SweepPlan, logger: MlflowTrialLogger, cut: set[str]) -> dict[str, int]:
-    """Wait for MLflow; after a sweep that ended, close runs and Optuna trials no Tune trial
+def close_sweep(plan: SweepPlan, logger: MlflowTrialLogger, cut: set[str], stopped: bool = False,
+                drain_s: float | None = None) -> dict[str, int]:
+    """Wait for MLflow (at most ``drain_s`` seconds); after a sweep that ended (not cut off,
+    not ``stopped`` by a signal or a lost lease), close runs and Optuna trials no Tune trial
     owns any more and delete the finished trials' checkpoints. Returns the counts."""
-    failed_writes = logger.drain()
+    failed_writes = logger.drain(drain_s)
     counts = {"interrupted": len(cut), "failed_writes": len(failed_writes)}
-    if not cut:
+    if not cut and not stopped:
         counts.update(close_orphans(logger, plan.rdb, plan.experiment))
         if not failed_writes:
             counts["checkpoints_deleted"] = drop_finished_checkpoints(logger.trials, logger.finished)
@@ -125,6 +130,13 @@ def summarize(logger: MlflowTrialLogger, plan: SweepPlan, top: int = 10) -> Swee
 def print_summary(summary: SweepSummary, experiment: str) -> None:
     import pandas as pd
 
+    if summary.lease_lost:
+        print(f"\nsweep {summary.sweep} (experiment {experiment!r}): this driver lost its lease to "
+              f"{summary.taken_by}, which drives the sweep now. It stopped scheduling and closed no "
+              f"run after that; do not --resume it while the other driver runs",
+              file=sys.stderr)
+        return
+
     print(f"\n== sweep {summary.sweep} (experiment {experiment!r}): {summary.n_finished} finished "
           f"trial runs, {summary.n_complete} complete, {summary.errors} errored ==")
     if summary.budget_s is not None:
@@ -134,11 +146,13 @@ def print_summary(summary: SweepSummary, experiment: str) -> None:
         print(summary.top.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\nwork dir:      {summary.workdir}\ntracking:      {summary.tracking_uri}")
     print(f"MLflow UI:     {summary.ui}")
-    if summary.interrupted:
-        print(f"\n{'stopped at the time budget' if summary.budget_hit else 'interrupted'}: "
+    if summary.interrupted or summary.signum:
+        why = ("stopped at the time budget" if summary.budget_hit else
+               f"interrupted by {signal.Signals(summary.signum).name}" if summary.signum else "interrupted")
+        print(f"\n{why}: "
               f"{summary.interrupted} trial(s) stopped (runs KILLED); they continue from their "
               f"last finished fold with the same command and --resume")
-        if not summary.budget_hit:
+        if not summary.budget_hit or summary.signum:
             return
     print(f"ensemble next: python -m bst_search.ensemble --experiment {experiment} "
           f"--workdir {summary.workdir}")
@@ -148,7 +162,13 @@ def print_summary(summary: SweepSummary, experiment: str) -> None:
 
 def exit_code(summary: SweepSummary) -> int:
     """0 for a sweep with a finished trial (or one the time budget ended), 130 after Ctrl-C,
-    1 when no trial finished."""
+    143 after SIGTERM, 129 after SIGHUP, 3 when another driver took the lease over, 1 when no
+    trial finished."""
+    from bst_search.search.stopping import exit_code_of
+
+    stopped = exit_code_of(summary.signum, summary.lease_lost)
+    if stopped is not None:
+        return stopped
     if summary.interrupted and not summary.budget_hit:
         return INTERRUPTED_RC
     return 0 if summary.n_finished or summary.budget_hit else 1
