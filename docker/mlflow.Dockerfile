@@ -22,8 +22,8 @@ RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]" boto3 \
 EXPOSE 5000
 VOLUME /mlflow
 # ALLOWED_HOSTS: comma-separated Host headers beyond localhost and private IPs (MLflow's
-# default), e.g. the public name of the server.
-CMD mlflow server --host 0.0.0.0 --port 5000 \
-      --backend-store-uri "$BACKEND_STORE_URI" \
+# default), e.g. the public name of the server. The store URL (its password) goes through
+# MLflow's environment variable, never the command line.
+CMD MLFLOW_BACKEND_STORE_URI="$BACKEND_STORE_URI" exec mlflow server --host 0.0.0.0 --port 5000 \
       --artifacts-destination "$ARTIFACTS_DESTINATION" \
       ${ALLOWED_HOSTS:+--allowed-hosts "$ALLOWED_HOSTS"}

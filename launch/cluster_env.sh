@@ -6,7 +6,8 @@
 #   BST_DB_URL      PostgreSQL server, no database: postgresql+psycopg://USER:PASSWORD@HOST:5432
 #   BST_S3_URI      bucket and prefix: s3://BUCKET/bst-search
 # and optionally BST_MLFLOW_DB / BST_OPTUNA_DB (database names, default mlflow / optuna),
-# BST_MLFLOW_HOST / BST_MLFLOW_PORT (the head's tracking server, default 0.0.0.0:5000),
+# BST_MLFLOW_HOST / BST_MLFLOW_PORT (the head's tracking server, default 127.0.0.1:5000;
+# BST_MLFLOW_HOST=private: the head's private address), BST_MLFLOW_APP (basic-auth),
 # BST_VENV (a virtual environment whose bin/ goes first on PATH), AWS_ENDPOINT_URL and
 # MLFLOW_S3_ENDPOINT_URL (an S3-compatible server instead of AWS), AWS credentials when the
 # nodes have no instance profile.

@@ -46,11 +46,11 @@ cleanup() {
     if [ -n "$s3_pid" ]; then kill "$s3_pid" 2>/dev/null; fi
     rm -rf "/tmp/bst-local-e2e-data-$tag"
     if [ -n "$started_sshd" ]; then bash "$root/launch/local_sshd.sh" stop "$sshdir"; fi
-    "$bin/python" - "$pg_admin" $dbs <<'PY'
-import sys
+    BST_TEST_PG=$pg_admin "$bin/python" - $dbs <<'PY'
+import os, sys
 import psycopg
-with psycopg.connect(sys.argv[1], autocommit=True) as c:
-    for db in sys.argv[2:]:
+with psycopg.connect(os.environ["BST_TEST_PG"], autocommit=True) as c:
+    for db in sys.argv[1:]:
         c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 PY
     exit $rc
@@ -124,8 +124,10 @@ ray submit "$yaml" launch/search.py -- --address 127.0.0.1:6388 \
 submit_s=$(python3 -c "print(f'{$(now) - $t_submit:.0f}')")
 
 # 5. check through the head's MLflow server (and the Optuna study the driver used)
-MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false "$bin/python" - "http://127.0.0.1:$mlflow_port" "e2e-$tag" "$trials" \
-    "postgresql+psycopg://postgres@127.0.0.1:5432/$optuna_db" "$data/dev" <<'PY'
+# (store URLs reach the checks through the environment, like every secret: never a command line)
+MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false BST_OPTUNA_STORAGE="postgresql+psycopg://postgres@127.0.0.1:5432/$optuna_db" \
+    "$bin/python" - "http://127.0.0.1:$mlflow_port" "e2e-$tag" "$trials" "$data/dev" <<'PY'
+import os
 import sys
 
 import optuna
@@ -134,7 +136,8 @@ import pandas as pd
 from bst_search import tracking
 from bst_search.data import load_dataset
 
-uri, experiment, n, optuna_url, dev = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+uri, experiment, n, dev = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+optuna_url = os.environ["BST_OPTUNA_STORAGE"]
 cl = tracking.client(uri)
 exp = cl.get_experiment_by_name(experiment)
 assert exp is not None, f"no experiment {experiment} on {uri}"

@@ -8,19 +8,27 @@
 # Why namespaces: the cluster launcher runs `ray stop` on the head (`ray down` always does), and
 # `ray stop` kills every Ray process of the machine it runs on. Through this sshd it only sees
 # the processes started through this sshd (private PID namespace), so other Ray clusters on the
-# machine live on. Its home directory is /tmp/bst-local-sshd/home (with sshd's own files beside
-# it; BST_E2E_SSHD_STATE moves them) bind-mounted over the user's home, so what the
-# launcher and the setup commands write there (~/.bashrc lines, ~/bst-search, the bootstrap
-# config and key) never touches the real one; the Python installation (pyenv), pip's cache and
-# configuration are bind-mounted back in from the real home.
+# machine live on. Its home directory is STATE/home (with sshd's own files beside it)
+# bind-mounted over the user's home, so what the launcher and the setup commands write there
+# (~/.bashrc lines, ~/bst-search, the bootstrap config and key) never touches the real one; the
+# Python installation (pyenv), pip's cache and configuration are bind-mounted back in from the
+# real home.
+#
+# STATE holds the authorized_keys of the user (root, usually) that sshd accepts, so it is a
+# folder this script made itself: `mktemp -d` (mode 0700, owned by the caller, an unguessable
+# name), or BST_E2E_SSHD_STATE, created new with mode 0700. It is recorded in DIR/state-dir and
+# reused by the next start only while it is owned by the caller, mode 0700 and marked; any other
+# existing folder is refused (a folder someone else made first could hold their key). DIR must
+# be owned by the caller and writable by nobody else. sshd runs with StrictModes yes.
 set -euo pipefail
 
 cmd=${1:?usage: local_sshd.sh start|stop|running DIR}
 dir=$(mkdir -p "${2:?usage: local_sshd.sh start|stop|running DIR}" && cd "$2" && pwd)
 pidfile=$dir/sshd.pid
 port=${BST_E2E_SSH_PORT:-22}
-# sshd's own files and the head's home: outside the real home, which the namespace covers
-state=${BST_E2E_SSHD_STATE:-/tmp/bst-local-sshd}
+record=$dir/state-dir
+marker=.made-by-local-sshd
+uid=$(id -u)
 
 running() { test -f "$pidfile" && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
@@ -42,6 +50,29 @@ fi
 [ "$cmd" = start ] || { echo "usage: local_sshd.sh start|stop DIR" >&2; exit 2; }
 if running; then exit 0; fi
 
+# $1 is a real directory owned by the caller, with no permission bits in $2 for group and others
+owned() { [ -d "$1" ] && [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = "$uid" ] && [ $((0$(stat -c %a "$1") & $2)) -eq 0 ]; }
+if ! owned "$dir" 022; then
+    echo "error: $dir must be owned by uid $uid and writable by nobody else (it keeps the client key)" >&2
+    exit 5
+fi
+# sshd's own files and the head's home: outside the real home, which the namespace covers
+state=${BST_E2E_SSHD_STATE:-$(cat "$record" 2>/dev/null || true)}
+if [ -n "$state" ] && { [ -e "$state" ] || [ -L "$state" ]; }; then
+    if [ "$(cat "$record" 2>/dev/null)" != "$state" ] || ! owned "$state" 077 || [ ! -f "$state/$marker" ]; then
+        echo "error: $state exists and is not a folder local_sshd.sh created (recorded in $record," \
+             "owned by uid $uid, mode 0700): refusing it, since a folder someone else made first" \
+             "could hold a key sshd would accept; remove it, or name a new one in BST_E2E_SSHD_STATE" >&2
+        exit 5
+    fi
+elif [ -n "${BST_E2E_SSHD_STATE:-}" ]; then
+    mkdir -m 700 "$state"   # not -p: a new folder, in a parent that exists
+else
+    state=$(mktemp -d "${TMPDIR:-/tmp}/bst-local-sshd.XXXXXXXX")
+fi
+touch "$state/$marker"
+echo "$state" > "$record"
+
 sshd=$(command -v sshd || echo /usr/sbin/sshd)
 if [ ! -x "$sshd" ]; then
     echo "error: no sshd: install it with 'apt-get install -y openssh-server'" >&2
@@ -54,10 +85,8 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 command -v unshare >/dev/null || { echo "error: unshare (util-linux) is needed" >&2; exit 3; }
 
-# the head's home persists between runs, as a real node's does (its venv is reused; `rm -rf
-# /tmp/bst-local-sshd` starts from nothing); the keys are new every time
-mkdir -p "$state"
-chmod 700 "$state"
+# the head's home persists between runs, as a real node's does (its venv is reused; removing
+# the folder named in DIR/state-dir starts from nothing); the keys are new every time
 rm -f "$state"/ssh_host_ed25519_key*
 rm -f "$dir"/id_ed25519*
 ssh-keygen -q -t ed25519 -N '' -f "$state/ssh_host_ed25519_key"
@@ -85,7 +114,7 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-StrictModes no
+StrictModes yes
 AuthorizedKeysFile .ssh/authorized_keys
 MaxSessions 64
 MaxStartups 64:30:128

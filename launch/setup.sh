@@ -8,6 +8,13 @@
 #
 # Idempotent: `ray up` runs it again on every update. The MLflow server runs in its own process
 # group recorded in ~/mlflow.pid, so a restart stops exactly that server and its workers.
+#
+# Only the driver and the commands run on the head (ensemble, report) talk to the MLflow
+# server, so it listens on 127.0.0.1 (users come through `ray attach -p 5000`). Set in
+# cluster.env: BST_MLFLOW_HOST=private to bind the head's private address instead (machines in
+# the VPC), BST_MLFLOW_APP=basic-auth to put it behind MLflow's basic-auth app (launch/README.md,
+# "Security"). Its store URL holds the database password: it reaches the server through
+# MLFLOW_BACKEND_STORE_URI, never its command line (which any local user reads in /proc).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ ! -f "$HOME/bst-search.env" ]; then
@@ -28,19 +35,25 @@ head)
     : "${BST_DB_URL:?BST_DB_URL is not set in ~/bst-search.env}"
     : "${BST_S3_URI:?BST_S3_URI is not set in ~/bst-search.env}"
     python "$here/create_databases.py"
-    host=${BST_MLFLOW_HOST:-0.0.0.0}
+    host=${BST_MLFLOW_HOST:-127.0.0.1}
+    if [ "$host" = private ]; then
+        host=$(hostname -I 2>/dev/null | awk '{print $1}')
+        [ -n "$host" ] || { echo "error: BST_MLFLOW_HOST=private: no address in 'hostname -I'" >&2; exit 1; }
+    fi
     port=${BST_MLFLOW_PORT:-5000}
+    app=()
+    if [ -n "${BST_MLFLOW_APP:-}" ]; then app=(--app-name "$BST_MLFLOW_APP"); fi
     if [ -f "$HOME/mlflow.pid" ]; then
         pg=$(cat "$HOME/mlflow.pid")
         kill -- "-$pg" 2>/dev/null || true
         for _ in $(seq 60); do kill -0 -- "-$pg" 2>/dev/null || break; sleep 1; done
     fi
-    setsid nohup mlflow server --host "$host" --port "$port" \
-        --backend-store-uri "${BST_DB_URL%/}/${BST_MLFLOW_DB:-mlflow}" \
+    MLFLOW_BACKEND_STORE_URI="${BST_DB_URL%/}/${BST_MLFLOW_DB:-mlflow}" \
+        setsid nohup mlflow server --host "$host" --port "$port" "${app[@]}" \
         --artifacts-destination "${BST_S3_URI%/}/mlartifacts" \
         > "$HOME/mlflow.log" 2>&1 < /dev/null &
     echo $! > "$HOME/mlflow.pid"
-    uri="http://127.0.0.1:$port"
+    case "$host" in 0.0.0.0|127.0.0.1) uri="http://127.0.0.1:$port" ;; *) uri="http://$host:$port" ;; esac
     if ! python - "$uri" <<'PY'
 import sys, time, urllib.request
 for _ in range(300):

@@ -295,12 +295,12 @@ class Cluster:
         create_databases(self.databases.values())
 
     def start_mlflow(self) -> None:
-        """The tracking server: runs in PostgreSQL, artifacts proxied to the bucket."""
+        """The tracking server: runs in PostgreSQL (its URL in the environment, as a password
+        would be), artifacts proxied to the bucket."""
         self.mlflow_port = self.mlflow_port or free_port()
         self.spawn("mlflow", [tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-                              "--workers", "1", "--backend-store-uri", self.db_url("mlflow"),
-                              "--artifacts-destination", f"s3://{self.bucket}/mlartifacts"],
-                   node="mlflow")
+                              "--workers", "1", "--artifacts-destination", f"s3://{self.bucket}/mlartifacts"],
+                   node="mlflow", env={**self.env("mlflow"), "MLFLOW_BACKEND_STORE_URI": self.db_url("mlflow")})
         wait_for("the MLflow server", lambda: _http_ok(f"{self.tracking_uri}/health"), 120)
 
     def stop_mlflow(self) -> None:

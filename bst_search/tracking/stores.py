@@ -3,7 +3,8 @@
 A sweep is three stores: the MLflow tracking store, the Optuna study's database and (for the
 driver only) the Tune storage. Every command takes the first two with the same arguments and
 defaults (:func:`add_store_arguments`); readers (the report, the dashboard) open them without
-creating or locking anything.
+creating or locking anything, and the dashboard's viewers read-only where the store allows it
+(:func:`viewer_url`: SQLite ``mode=ro``, PostgreSQL read-only transactions).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from bst_search.tracking.redact import mask_text, mask_url
 
 WORKDIR_ENV = "BST_WORKDIR"
 OPTUNA_STORAGE_ENV = "BST_OPTUNA_STORAGE"
 DEFAULT_WORKDIR = "bst-runs"
+READ_ONLY_OPTION = "-c default_transaction_read_only=on"
 
 
 class StoreError(RuntimeError):
@@ -66,14 +71,42 @@ def check_store(uri: str) -> None:
                 r.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise StoreError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+            raise StoreError(f"MLflow tracking server {mask_url(uri)} is unreachable: "
+                             f"{mask_text(str(reason), uri)}") from None
 
 
 def read_only_sqlite(url: str) -> str:
-    """A SQLite URL opened read-only, so a reader never takes the driver's write lock."""
-    if url.startswith("sqlite:///") and "?" not in url:
-        return f"sqlite:///file:{url[len('sqlite:///'):]}?mode=ro&uri=true"
-    return url
+    """A SQLite URL opened read-only, so a reader never takes the driver's write lock; any
+    other URL unchanged."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path, _, query = url[len("sqlite:///"):].partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("mode", "uri")]
+    path = path if path.startswith("file:") else f"file:{path}"
+    return f"sqlite:///{path}?{urlencode([('mode', 'ro'), ('uri', 'true'), *params], quote_via=quote)}"
+
+
+def read_only_postgres(url: str) -> str:
+    """A PostgreSQL URL whose sessions start every transaction read-only (libpq's ``options``,
+    ``-c default_transaction_read_only=on``): what a viewer writes is refused by the server."""
+    base, _, query = url.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    given = " ".join(v for k, v in params if k == "options")
+    options = f"{given} {READ_ONLY_OPTION}".strip()
+    params = [(k, v) for k, v in params if k != "options"] + [("options", options)]
+    return f"{base}?{urlencode(params, quote_via=quote)}"
+
+
+def viewer_url(url: str) -> tuple[str, bool]:
+    """The URL a viewer (the MLflow UI, optuna-dashboard) opens a store with, and whether that
+    makes the store read-only: SQLite (``mode=ro``) and PostgreSQL (read-only transactions)
+    are; any other store is handed over as it is, writable."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if url.startswith("sqlite:///"):
+        return read_only_sqlite(url), True
+    if scheme.split("+", 1)[0] in ("postgresql", "postgres"):
+        return read_only_postgres(url), True
+    return url, False
 
 
 def snapshot_storage() -> Any:

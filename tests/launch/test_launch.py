@@ -94,7 +94,9 @@ def test_head_runs_mlflow_server_on_shared_stores() -> None:
     assert cfg["head_setup_commands"] == ["bash ~/bst-search/launch/setup.sh head"]
     assert "bash ~/bst-search/launch/setup.sh node" in cfg["setup_commands"]
     setup = SETUP.read_text()
-    assert '--backend-store-uri "${BST_DB_URL%/}/${BST_MLFLOW_DB:-mlflow}"' in setup
+    # the store URL (a password in it) through the environment, never on the command line
+    assert 'MLFLOW_BACKEND_STORE_URI="${BST_DB_URL%/}/${BST_MLFLOW_DB:-mlflow}"' in setup
+    assert "--backend-store-uri" not in setup
     assert '--artifacts-destination "${BST_S3_URI%/}/mlartifacts"' in setup
     assert "create_databases.py" in setup and "export MLFLOW_TRACKING_URI=" in setup
     env = (ROOT / "launch" / "cluster_env.sh").read_text()
@@ -162,16 +164,106 @@ def test_local_e2e_drives_up_submit_down() -> None:
         assert needle in text, needle
 
 
+# --------------------------------------------------------------------------- local_sshd.sh
+
+SSHD = LAUNCH / "local_sshd.sh"
+
+
+def _sshd(cmd: str, dir_: Path, **env: str) -> subprocess.CompletedProcess:
+    from procs import free_port
+
+    full = {k: v for k, v in os.environ.items() if k != "BST_E2E_SSHD_STATE"}
+    full.update({"BST_E2E_SSH_PORT": str(free_port()), **env})
+    return subprocess.run(["bash", str(SSHD), cmd, str(dir_)], env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_local_sshd_refuses_a_state_folder_it_did_not_create(tmp_path) -> None:
+    """sshd accepts the keys in the state folder's home for the caller (root): a folder that
+    exists already, even private and the caller's, is refused, and nothing is written to it."""
+    dir_, pre = tmp_path / "sshd", tmp_path / "state"
+    pre.mkdir(mode=0o700)
+    r = _sshd("start", dir_, BST_E2E_SSHD_STATE=str(pre))
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert f"{pre} exists and is not a folder local_sshd.sh created" in r.stderr
+    assert list(pre.iterdir()) == [] and not (dir_ / "sshd.pid").exists()
+    assert not (dir_ / "id_ed25519").exists()
+    # recorded as its own, but not marked (or no longer private): refused all the same
+    (dir_ / "state-dir").write_text(f"{pre}\n")
+    assert _sshd("start", dir_).returncode == 5
+    (pre / ".made-by-local-sshd").touch()
+    pre.chmod(0o755)
+    assert _sshd("start", dir_).returncode == 5
+    if os.geteuid() == 0:  # another user's folder
+        pre.chmod(0o700)
+        os.chown(pre, 65534, 65534)
+        assert _sshd("start", dir_).returncode == 5
+    # a client-key folder others may write to is refused before anything else
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    r = _sshd("start", loose)
+    assert r.returncode == 5 and "writable by nobody else" in r.stderr
+
+
+def _no_local_sshd() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (sshd, a mount namespace)"
+    for tool in ("ssh", "ssh-keygen", "unshare"):
+        if not shutil.which(tool):
+            return f"no {tool}"
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()):
+        return "no sshd: apt-get install -y openssh-server"
+    return None
+
+
+@pytest.mark.skipif(_no_local_sshd() is not None, reason=str(_no_local_sshd()))
+def test_local_sshd_serves_its_key_with_strict_modes_and_reuses_its_folder(tmp_path) -> None:
+    """A fresh mktemp -d state folder, StrictModes yes, the client key accepted; the next start
+    reuses the folder it recorded (the head's home, and its venv, persist between runs)."""
+    from procs import free_port
+
+    dir_ = tmp_path / "sshd"
+    port = str(free_port())
+    try:
+        r = _sshd("start", dir_, BST_E2E_SSH_PORT=port)
+        assert r.returncode == 0, r.stdout + r.stderr
+        state = Path((dir_ / "state-dir").read_text().strip())
+        assert state.name.startswith("bst-local-sshd.") and (state.stat().st_mode & 0o777) == 0o700
+        assert "StrictModes yes" in (state / "sshd_config").read_text()
+        ssh = ["ssh", "-i", str(dir_ / "id_ed25519"), "-p", port, "-o", "BatchMode=yes",
+               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "root@127.0.0.1", "cat ~/.bashrc | head -n 1"]
+        login = subprocess.run(ssh, capture_output=True, text=True, timeout=60)
+        assert login.returncode == 0, login.stderr + (dir_ / "sshd.log").read_text()
+        assert "written by launch/local_sshd.sh" in login.stdout  # the private home
+        assert _sshd("stop", dir_).returncode == 0
+        (state / "home" / "kept").write_text("venv")
+        assert _sshd("start", dir_, BST_E2E_SSH_PORT=port).returncode == 0
+        assert (dir_ / "state-dir").read_text().strip() == str(state)
+        assert (state / "home" / "kept").exists()
+    finally:
+        _sshd("stop", dir_)
+        if (dir_ / "state-dir").exists():
+            shutil.rmtree((dir_ / "state-dir").read_text().strip(), ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- the setup, run
+
+
+def _harness_with_postgres():
+    """tests/cluster_harness.py, or a skip when the local PostgreSQL does not answer."""
+    pg = pytest.importorskip("cluster_harness")
+    why = pg.postgres_available()
+    if why:
+        pytest.skip(why)
+    return pg
 
 
 @pytest.mark.postgres
 def test_create_databases_with_psycopg3(monkeypatch: pytest.MonkeyPatch) -> None:
     """launch/create_databases.py, run as the head runs it, against the local PostgreSQL."""
-    pg = pytest.importorskip("cluster_harness")
-    why = pg.postgres_available()
-    if why:
-        pytest.skip(why)
+    pg = _harness_with_postgres()
     tag = uuid.uuid4().hex[:8]
     names = [f"bst_cluster_setup_{tag}_mlflow", f"bst_cluster_setup_{tag}_optuna"]
     env = {**os.environ, "BST_DB_URL": "postgresql+psycopg://postgres@127.0.0.1:5432",
@@ -194,6 +286,84 @@ def test_create_databases_with_psycopg3(monkeypatch: pytest.MonkeyPatch) -> None
         assert r.returncode == 1 and "cannot create databases" in r.stderr
         assert "s3cret-pw" not in r.stderr + r.stdout and "bst:***@127.0.0.1:1" in r.stderr
     finally:
+        pg.drop_databases(names)
+
+
+# A stand-in for `mlflow server` that records what it was given and answers /health: what
+# launch/setup.sh passes to the server, and where the server would listen.
+FAKE_MLFLOW = """#!{python}
+import json, os, sys, http.server
+args = sys.argv[1:]
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+with open(os.path.expanduser("~/fake-mlflow.json"), "w") as fh:
+    json.dump({{"argv": sys.argv, "store": os.environ.get("MLFLOW_BACKEND_STORE_URI")}}, fh)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"OK")
+http.server.HTTPServer((host, port), Health).serve_forever()
+"""
+
+
+@pytest.mark.system
+@pytest.mark.postgres
+def test_head_setup_keeps_the_password_off_the_command_line_and_listens_on_loopback(tmp_path) -> None:
+    """launch/setup.sh head with a password in BST_DB_URL (the real databases, a stand-in
+    server): the password is in no command line, the server binds 127.0.0.1 unless told
+    BST_MLFLOW_HOST=private (the head's private address), and BST_MLFLOW_APP=basic-auth puts
+    it behind MLflow's basic-auth app."""
+    import json
+    import signal
+    import time
+
+    pg = _harness_with_postgres()
+    tag = uuid.uuid4().hex[:8]
+    names = [f"bst_setup_argv_{tag}_mlflow", f"bst_setup_argv_{tag}_optuna"]
+    password = f"pw-{uuid.uuid4().hex}"
+    home, fake = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    fake.mkdir()
+    (fake / "mlflow").write_text(FAKE_MLFLOW.format(python=sys.executable))
+    (fake / "mlflow").chmod(0o755)
+    (home / "bst-search-ray-token").write_text("f" * 64)
+    port = pg.free_port()
+    env_file = (f"export BST_DB_URL=postgresql+psycopg://postgres:{password}@127.0.0.1:5432\n"
+                f"export BST_MLFLOW_DB={names[0]} BST_OPTUNA_DB={names[1]}\n"
+                f"export BST_S3_URI=s3://bucket/bst-search BST_MLFLOW_PORT={port}\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("BST_", "MLFLOW_"))},
+           "HOME": str(home), "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def head(extra: str = "") -> dict:
+        (home / "bst-search.env").write_text(env_file + extra)
+        r = subprocess.run(["bash", str(SETUP), "head"], env=env, cwd=home, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert password not in r.stdout + r.stderr
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        shown = [pid for pid in pids if any(password in a for a in pg.cmdline(pid))]
+        assert not shown, [pg.cmdline(pid) for pid in shown]
+        return json.loads((home / "fake-mlflow.json").read_text())
+
+    try:
+        seen = head()
+        argv = seen["argv"]
+        assert argv[argv.index("--host") + 1] == "127.0.0.1" and "--app-name" not in argv
+        assert seen["store"] == f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/{names[0]}"
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in (home / ".bashrc").read_text()
+        private = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+        if private:
+            argv = head("export BST_MLFLOW_HOST=private\n")["argv"]
+            assert argv[argv.index("--host") + 1] == private[0]
+            assert f"MLFLOW_TRACKING_URI=http://{private[0]}:{port}" in (home / ".bashrc").read_text()
+        argv = head("export BST_MLFLOW_APP=basic-auth\n")["argv"]
+        assert argv[argv.index("--app-name") + 1] == "basic-auth"
+    finally:
+        pidfile = home / "mlflow.pid"
+        if pidfile.exists():
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
         pg.drop_databases(names)
 
 

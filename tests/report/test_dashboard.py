@@ -100,6 +100,137 @@ def test_stores_are_opened_read_only():
     assert stores.read_only_sqlite("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
+def test_what_cannot_be_read_only_is_printed_writable(tmp_path):
+    """A tracking server is only linked (its own UI decides), and a store without a read-only
+    mode is named writable; the link never shows a password."""
+    linked = dashboard._mlflow_ui("http://bst:s3cret-pw@head:5000", "3", "127.0.0.1", 1,
+                                  tmp_path, tmp_path)
+    assert linked.proc is None and linked.access.startswith("writable")
+    assert "s3cret-pw" not in linked.url and linked.url.startswith("http://bst:***@head:5000/#/experiments/3")
+    assert dashboard._access(*reversed(stores.viewer_url("mysql://u:pw@h/db"))).startswith("writable")
+    assert dashboard._access(*reversed(stores.viewer_url("sqlite:////x.db"))) == "read-only"
+
+
+def _tree(root: int) -> dict[int, str]:
+    """Every live descendant of ``root`` (and root), with its command line."""
+    from pathlib import Path
+
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if d.name.isdigit():
+            parents[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return {pid: _cmdline(pid) for pid in tree}
+
+
+def _cmdline(pid: int) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.system
+@pytest.mark.postgres
+def test_no_password_on_a_command_line_and_viewers_cannot_write(tmp_path):
+    """PostgreSQL stores whose URLs carry a password, given as the environment gives them: no
+    process of the dashboard's tree (nor any on the machine) shows it in /proc/*/cmdline,
+    nothing printed or logged shows it, and both viewers' writes are refused by the server."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    import optuna
+    import psycopg
+    from procs import wait_for_lines
+
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        psycopg.connect(admin, connect_timeout=3).close()
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL at {admin} is not reachable: {e}")
+    tag = uuid.uuid4().hex[:8]
+    role, password = f"bst_viewer_{tag}", f"pw-{uuid.uuid4().hex}"
+    dbs = {k: f"bst_viewer_{tag}_{k}" for k in ("mlflow", "optuna")}
+    urls = {k: f"postgresql+psycopg://{role}:{password}@127.0.0.1:5432/{db}" for k, db in dbs.items()}
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        for db in dbs.values():
+            c.execute(f'CREATE DATABASE "{db}" OWNER {role}')
+    dash = None
+    try:
+        exp_id = tracking.client(urls["mlflow"]).create_experiment("rep")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.create_study(study_name="rep", storage=urls["optuna"]).optimize(
+            lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        ports = free_port(), free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": urls["mlflow"], "BST_OPTUNA_STORAGE": urls["optuna"]}
+        dash = subprocess.Popen(
+            [sys.executable, "-m", "bst_search.cli", "dashboard", "--experiment", "rep",
+             "--workdir", str(tmp_path), "--mlflow-port", str(ports[0]), "--optuna-port", str(ports[1])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        printed = wait_for_lines(dash, "Ray dashboard", 300)
+        tree = _tree(dash.pid)
+        assert len(tree) >= 3, tree  # the command, the MLflow server, optuna-dashboard
+        assert any("mlflow" in c and "server" in c for c in tree.values()), tree
+        assert any("serve_optuna" in c for c in tree.values()), tree
+        assert not [c for c in tree.values() if password in c]
+        machine = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        assert not [pid for pid in machine if password in _cmdline(pid)]
+        assert printed.count("(read-only)") == 2 and "writable" not in printed, printed
+
+        def call(method: str, url: str, body: dict | None = None) -> tuple[int, str]:
+            data = None if body is None else json.dumps(body).encode()
+            req = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        mlflow_base, optuna_base = (f"http://127.0.0.1:{p}" for p in ports)
+        status, _ = call("GET", f"{mlflow_base}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}")
+        assert status == 200
+        status, body = call("POST", f"{mlflow_base}/api/2.0/mlflow/experiments/delete",
+                            {"experiment_id": exp_id})
+        assert status >= 400 and "read-only transaction" in body, (status, body)
+        status, body = call("GET", f"{optuna_base}/api/studies")
+        (study,) = json.loads(body)["study_summaries"]
+        status, body = call("DELETE", f"{optuna_base}/api/studies/{study['study_id']}",
+                            {"remove_associated_artifacts": False})
+        assert status == 500, (status, body)  # Optuna's StorageInternalError: a read-only transaction
+        dash.send_signal(signal.SIGINT)
+        assert dash.wait(60) == 0
+        printed += wait_for_lines(dash, "stopping", 30)
+        logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "dashboard-logs").iterdir())
+        assert password not in printed + logs
+        assert tracking.client(urls["mlflow"]).get_experiment(exp_id).lifecycle_stage == "active"
+        assert optuna.get_all_study_names(urls["optuna"]) == ["rep"]
+    finally:
+        if dash is not None and dash.poll() is None:
+            dash.kill()
+        with psycopg.connect(admin, autocommit=True) as c:
+            for db in dbs.values():
+                c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            c.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def _args(**kw) -> argparse.Namespace:
     p = dashboard.add_arguments(argparse.ArgumentParser())
     return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()])
