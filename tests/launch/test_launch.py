@@ -386,6 +386,23 @@ def test_readme_covers_the_workflow() -> None:
         assert needle in text, needle
 
 
+def test_readme_security_section_matches_the_setup() -> None:
+    """launch/README.md says what listens where (the MLflow row names the address setup.sh
+    binds by default), where secrets live, what is read-only, what the token protects, and
+    how to add authentication; the cluster page points to it."""
+    text = (ROOT / "launch" / "README.md").read_text()
+    section = text.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    default = re.search(r"host=\$\{BST_MLFLOW_HOST:-([^}]+)\}", SETUP.read_text()).group(1)
+    mlflow_row = next(line for line in section.splitlines() if line.startswith("| 5000 (`BST_MLFLOW_PORT`)"))
+    assert f"(`{default}`)" in mlflow_row and "0.0.0.0" not in section
+    for needle in ("**What listens where", "**Where secrets live", "**What is read-only",
+                   "**What the token protects", "MLFLOW_BACKEND_STORE_URI", "/proc/*/cmdline",
+                   "default_transaction_read_only=on", "`writable`", "--app-name basic-auth",
+                   "BST_MLFLOW_HOST=private", "StrictModes yes"):
+        assert needle in section, needle
+    assert "Security** section of `launch/README.md`" in (ROOT / "docs" / "cluster.md").read_text()
+
+
 def test_readme_mesh_example_is_runnable() -> None:
     """The mesh sweep passes --crowd-data, since mesh.yaml samples crowd strategies, and every
     data.crowd value the guide names exists."""
