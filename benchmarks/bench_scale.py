@@ -156,7 +156,8 @@ def start_mlflow_server(store: str, root: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", store, "--artifacts-destination", str(root / "mlartifacts")],
+                             "--artifacts-destination", str(root / "mlartifacts")],
+                            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": store},  # not argv: a password
                             stdout=subprocess.DEVNULL, stderr=open(root / "mlflow-server.log", "w"))
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
     while True:
