@@ -74,7 +74,7 @@ def _checkpoints(values: list[str]) -> tuple[Path | None, dict[str, Path]]:
 def execute(args: argparse.Namespace) -> int:
     from bst_search.extract.backbones import BackboneOptions
     from bst_search.extract.deps import check_dependencies
-    from bst_search.extract.errors import ExtractError
+    from bst_search.extract.errors import ExtractError, ExtractInterrupted
     from bst_search.extract.run import ExtractJob, run_extract, summary_lines
 
     try:
@@ -95,6 +95,9 @@ def execute(args: argparse.Namespace) -> int:
     except ExtractError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ExtractInterrupted as e:  # SIGTERM / SIGINT: 143 / 130, as a shell reports them
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     for line in summary_lines(results):
         print(line)
     return 0

@@ -3,7 +3,7 @@
 ids -> ``map_batches(decode_batch)`` in CPU tasks (decoding, resampling, bad-audio policy)
 -> ``map_batches(EmbedActor, concurrency=workers)``: an actor pool, one model per actor
 loaded once, ``num_gpus=1`` per actor with ``--device cuda`` -> the driver writes each
-vector atomically as results stream back (so resume works exactly as in-process). Ray Data
+batch durably as results stream back (so resume works exactly as in-process). Ray Data
 shows its own progress bars (rows/s per stage). With ``--address auto`` it joins the running
 cluster; with ``--address local`` it starts a private local Ray for the job; if Ray is already
 initialised in this process (tests), that instance is used.
@@ -57,7 +57,7 @@ class EmbedActor:
 
 
 def run_on_ray(job: Any, cls: type[Backbone], spec: dict[str, Any], todo: list[str],
-               paths: dict[str, str | None], texts: dict[str, str], on_result: Any) -> None:
+               paths: dict[str, str | None], texts: dict[str, str], on_batch: Any) -> None:
     import ray
     import ray.data
 
@@ -84,6 +84,6 @@ def run_on_ray(job: Any, cls: type[Backbone], spec: dict[str, Any], todo: list[s
                         num_cpus=job.cpus_per_worker,
                         fn_constructor_kwargs={"name": cls.name, "options": job.options, "spec": spec})
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, has, v, p in zip(batch["id"], batch["has_vec"], batch["vec"], batch["problems"],
-                                strict=True):
-            on_result(str(i), np.asarray(v, np.float32) if has else None, json.loads(str(p)))
+        on_batch([(str(i), np.asarray(v, np.float32) if has else None, json.loads(str(p)))
+                  for i, has, v, p in zip(batch["id"], batch["has_vec"], batch["vec"],
+                                          batch["problems"], strict=True)])

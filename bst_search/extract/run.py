@@ -4,14 +4,17 @@ For each backbone: resolve it (checkpoint identity, settings), compare with the 
 manifest (same identity resumes, a different one is refused unless ``--overwrite``), check
 every id has audio (missing audio is an error naming the ids, unless ``skip``), under
 ``--on-bad-audio error`` decode everything once before writing anything, then embed the ids
-not written yet, in-process or on Ray Data. Every vector is written atomically, so a kill
-leaves whole files only, and a re-run picks up where it stopped.
+not written yet, in-process or on Ray Data. Every vector is written atomically and after
+its problem record (:mod:`bst_search.extract.writer`), so a kill leaves whole files only, each
+with its record, and a re-run picks up where it stopped. SIGTERM and SIGINT stop between
+batches (:mod:`bst_search.extract.stopping`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,20 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bst_search.data.errors import list_ids
 from bst_search.data.features import backbone_dir
 from bst_search.extract import manifest as mf
 from bst_search.extract.audio import POLICIES, index_audio
 from bst_search.extract.backbones import BACKBONES, Backbone, BackboneOptions
-from bst_search.extract.errors import ExtractError
+from bst_search.extract.errors import ExtractError, ExtractInterrupted
 from bst_search.extract.inputs import TEXT_FIELDS, Items, read_items
 from bst_search.extract.records import Record, embed_records, prepare, prepare_text
-
-MANIFEST_EVERY_S = 2.0
-
-OnResult = Callable[[str, "np.ndarray | None", dict[str, str]], None]
+from bst_search.extract.stopping import StopOnSignals
+from bst_search.extract.writer import OnBatch, Result, Writer
 
 
 @dataclass
@@ -55,14 +54,6 @@ class ExtractJob:
     log: Callable[[str], None] = print
 
 
-def save_vector(folder: Path, clip_id: str, vec: np.ndarray) -> None:
-    """Write ``<id>.npy`` via a temporary file and a rename: readers never see half a file."""
-    tmp = folder / f".{clip_id}.npy.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(vec, dtype=np.float32))
-    os.replace(tmp, folder / f"{clip_id}.npy")
-
-
 def _written(folder: Path) -> set[str]:
     """Ids already written; stale temporary files of a killed run are removed."""
     out = set()
@@ -75,8 +66,9 @@ def _written(folder: Path) -> set[str]:
 
 
 def _check_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[str, Any]:
-    """May this run add to ``folder``? Returns the problems recorded by earlier runs (none when
-    ``overwrite``: the folder is cleared later, once every check has passed)."""
+    """May this run add to ``folder``? Returns the problems recorded by earlier runs, the
+    journal's included (none when ``overwrite``: the folder is cleared later, once every check
+    has passed)."""
     if overwrite or not folder.is_dir():
         return {}
     old = mf.read(folder)
@@ -89,12 +81,12 @@ def _check_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[
     if diff:
         raise ExtractError(f"{folder}: was written with other settings ({'; '.join(diff[:4])}); "
                            f"pass --overwrite to replace it, or write elsewhere")
-    return dict(old.get("problems", {}))
+    return mf.recorded_problems(folder, old)
 
 
 def _clear(folder: Path) -> None:
     for n in os.listdir(folder):
-        if n.endswith(".npy") or n == mf.MANIFEST:
+        if n.endswith(".npy") or n in (mf.MANIFEST, mf.JOURNAL):
             (folder / n).unlink()
 
 
@@ -128,15 +120,16 @@ def run_extract(job: ExtractJob) -> dict[str, dict[str, Any]]:
     items = read_items(Path(job.root), job.limit)
     index: dict[str, Path] | None = None
     out = {}
-    for cls in classes:
-        if cls.modality == "audio" and index is None:
-            index = index_audio(Path(job.audio_dir) if job.audio_dir else Path(job.root) / "audio")
-        out[cls.name] = _extract_one(job, cls, items, index or {})
+    with StopOnSignals() as stop:
+        for cls in classes:
+            if cls.modality == "audio" and index is None:
+                index = index_audio(Path(job.audio_dir) if job.audio_dir else Path(job.root) / "audio")
+            out[cls.name] = _extract_one(job, cls, items, index or {}, stop)
     return out
 
 
 def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
-                 index: dict[str, Path]) -> dict[str, Any]:
+                 index: dict[str, Path], stop: StopOnSignals) -> dict[str, Any]:
     t0 = time.perf_counter()
     ckpt = job.checkpoints.get(cls.name, job.options.checkpoint if cls.needs_checkpoint else None)
     job = dataclasses.replace(job, options=dataclasses.replace(job.options, checkpoint=ckpt))
@@ -169,38 +162,37 @@ def _extract_one(job: ExtractJob, cls: type[Backbone], items: Items,
         "text_fields": None if audio else list(TEXT_FIELDS), "on_bad_audio": job.on_bad_audio,
         "status": "running", "problems": problems,
     }
-    mf.write(folder, man)
+    writer = Writer(folder, man)
     job.log(f"{cls.name}: {len(items.ids)} ids, {len(items.ids) - len(todo)} already written, "
             f"{len(todo)} to do -> {folder}")
 
-    last = [time.monotonic()]
-    written_now = [0]
+    def on_batch(results: Sequence[Result]) -> None:
+        writer.add(results)
+        stop.ensure()
+        stop.check()
 
-    def on_result(clip_id: str, vec: np.ndarray | None, probs: dict[str, str]) -> None:
-        if vec is not None:
-            save_vector(folder, clip_id, vec)
-            written_now[0] += 1
-        if probs:
-            problems[clip_id] = probs
-        else:
-            problems.pop(clip_id, None)  # a retried id that is fine now
-        if time.monotonic() - last[0] > MANIFEST_EVERY_S:
-            mf.write(folder, man)
-            last[0] = time.monotonic()
+    def finish(status: str) -> None:
+        elapsed = time.perf_counter() - t0
+        writer.close(status=status, counts=_counts(items.ids, _written(folder), writer.problems),
+                     last_run={"written": writer.written, "seconds": round(elapsed, 2),
+                               "clips_per_s": round(writer.written / elapsed, 2) if elapsed else None,
+                               "path": "ray" if job.address else "in-process"})
 
-    if todo:
-        if job.address:
-            from bst_search.extract.distributed import run_on_ray
-            run_on_ray(job, cls, spec, todo, paths, texts, on_result)
-        else:
-            _run_in_process(job, cls, spec, todo, paths, texts, on_result)
-
-    elapsed = time.perf_counter() - t0
-    man.update(status="complete", counts=_counts(items.ids, _written(folder), problems),
-               last_run={"written": written_now[0], "seconds": round(elapsed, 2),
-                         "clips_per_s": round(written_now[0] / elapsed, 2) if elapsed else None,
-                         "path": "ray" if job.address else "in-process"})
-    mf.write(folder, man)
+    try:
+        if todo:
+            stop.check()  # a signal while the folder was checked
+            if job.address:
+                from bst_search.extract.distributed import run_on_ray
+                run_on_ray(job, cls, spec, todo, paths, texts, on_batch)
+            else:
+                _run_in_process(job, cls, spec, todo, paths, texts, on_batch)
+    except (ExtractInterrupted, KeyboardInterrupt):
+        finish("interrupted")
+        c = man["counts"]
+        raise ExtractInterrupted(stop.signum or signal.SIGINT,
+                                 f"{c['written']}/{c['ids']} ids of {cls.name} written in "
+                                 f"{folder}") from None
+    finish("complete")
     return man
 
 
@@ -221,7 +213,7 @@ def _preflight(job: ExtractJob, cls: type[Backbone], todo: list[str], paths: dic
 
 
 def _run_in_process(job: ExtractJob, cls: type[Backbone], spec: dict[str, Any], todo: list[str],
-                    paths: dict[str, str | None], texts: dict[str, str], on_result: OnResult) -> None:
+                    paths: dict[str, str | None], texts: dict[str, str], on_batch: OnBatch) -> None:
     """One model in this process; the next batch is decoded on two threads while this one runs."""
     from tqdm import tqdm
 
@@ -243,8 +235,8 @@ def _run_in_process(job: ExtractJob, cls: type[Backbone], spec: dict[str, Any], 
             records = nxt.result()
             if k + 1 < len(chunks):
                 nxt = ahead.submit(load, chunks[k + 1], decoders)
-            for r, v in zip(records, embed_records(model, records), strict=True):
-                on_result(r.id, v, r.problems)
+            on_batch([(r.id, v, r.problems)
+                      for r, v in zip(records, embed_records(model, records), strict=True)])
             bar.update(len(records))
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import random
 import shutil
 import signal
 import subprocess
@@ -160,36 +162,107 @@ def test_policies_refusals_and_overwrite(dataset: Path, panns_ref: tuple[Any, Pa
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_resume_after_kill_gives_the_uninterrupted_vectors(
+def _start_and_wait(args: list[str], home: Path, folder: Path, at: int | str) -> subprocess.Popen[bytes]:
+    """A child ``bst-search extract``, returned once ``at`` vectors (or ``<at>.npy``) are on disk."""
+    proc = subprocess.Popen([sys.executable, "-c", GUARDED_CLI, *args], env=subprocess_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (folder / f"{at}.npy").exists() if isinstance(at, str) else \
+                len(list(folder.glob("*.npy"))) >= at:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    return proc
+
+
+def test_resume_after_kill_gives_the_uninterrupted_vectors_and_records(
         dataset: Path, panns_ref: tuple[Any, Path], reference: tuple[Path, dict[str, np.ndarray], str],
         tmp_path: Path, offline_home: Path) -> None:
+    """SIGKILL at a random point: just after one of the clips that has a problem record (a
+    multichannel good clip or a bad one, placed last) is written, up to 40 ms into the next.
+    The resumed folder equals an uninterrupted run's, vectors and problem records alike."""
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    with_record = [g[0] for g in GOOD if g[5] == 2] + list(BAD)[:-1]
     root = _copy(dataset, tmp_path / "tiny")
     folder = root / "features" / "panns_embeddings"
     args = _panns_args(root, panns_ref[1])
     args[args.index("--batch-size") + 1] = "1"
-    proc = subprocess.Popen([sys.executable, "-c", GUARDED_CLI, *args], env=subprocess_env(offline_home),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(folder.glob("*.npy"))) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    proc = _start_and_wait(args, offline_home, folder, rng.choice(with_record))
+    time.sleep(rng.uniform(0, 0.04))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = len(list(folder.glob("*.npy")))
-    assert 3 <= before < 15
+    assert 2 <= before < 15, seed
     job = ExtractJob(root=root, backbones=["panns"], progress=False, log=lambda _m: None,
                      options=BackboneOptions(checkpoint=panns_ref[1], device="cpu", batch_size=4,
                                              allow_random_weights=True))
     man = run_extract(job)["panns"]
-    assert man["last_run"]["written"] == 15 - before  # nothing written twice
+    assert man["last_run"]["written"] == 15 - before, seed  # nothing written twice
     assert man["counts"]["written"] == 15 and not list(folder.glob(".*.tmp"))
+    assert not (folder / "journal.jsonl").exists()
     got, want = _vectors(root, "panns"), reference[1]
     assert sorted(got) == sorted(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=0, err_msg=k)
-    assert set(man["problems"]) >= set(BAD)
+    assert _manifest(root, "panns")["problems"] == _manifest(reference[0], "panns")["problems"], \
+        f"problem records differ from the uninterrupted run's (seed {seed}, killed after {before})"
+    assert man["counts"] == _manifest(reference[0], "panns")["counts"]
+
+
+@pytest.mark.system
+def test_sigterm_stops_cleanly_with_143_and_resumes(
+        dataset: Path, panns_ref: tuple[Any, Path], reference: tuple[Path, dict[str, np.ndarray], str],
+        tmp_path: Path, offline_home: Path) -> None:
+    """SIGTERM (what ``timeout`` and schedulers send) is Ctrl-C: the batch being written is
+    finished, the manifest holds every written id's record, exit code 143, a resume hint."""
+    root = _copy(dataset, tmp_path / "tiny")
+    folder = root / "features" / "panns_embeddings"
+    args = _panns_args(root, panns_ref[1])
+    args[args.index("--batch-size") + 1] = "1"
+    proc = _start_and_wait(args, offline_home, folder, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "SIGTERM" in err.decode() and "Run the same command again to resume" in err.decode()
+    man, ref = _manifest(root, "panns"), _manifest(reference[0], "panns")
+    written = {p.stem for p in folder.glob("*.npy")}
+    assert man["status"] == "interrupted" and man["counts"]["written"] == len(written) < 15
+    assert man["problems"] == {i: p for i, p in ref["problems"].items() if i in written}
+    assert not (folder / "journal.jsonl").exists() and not list(folder.glob(".*.tmp"))
+    assert main(_panns_args(root, panns_ref[1])) == 0
+    assert _manifest(root, "panns")["problems"] == ref["problems"]
+    assert _manifest(root, "panns")["last_run"]["written"] == 15 - len(written)
+
+
+def test_sigint_in_process_stops_with_130(dataset: Path, panns_ref: tuple[Any, Path],
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C: the same clean stop, exit code 130, and the previous SIGINT handler restored."""
+    import threading
+
+    root = _copy(dataset, tmp_path / "tiny")
+    folder = root / "features" / "panns_embeddings"
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 120
+        while len(list(folder.glob("*.npy"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    args = _panns_args(root, panns_ref[1])
+    args[args.index("--batch-size") + 1] = "1"
+    before = signal.getsignal(signal.SIGINT)
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        assert main(args) == 130
+    finally:
+        sender.join()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "SIGINT: extraction stopped cleanly" in capsys.readouterr().err
+    man = _manifest(root, "panns")
+    assert man["status"] == "interrupted" and 2 <= man["counts"]["written"] < 15
 
 
 def test_ray_data_path_matches_in_process(dataset: Path, panns_ref: tuple[Any, Path],
