@@ -268,7 +268,7 @@ def drive(plan: SweepPlan, lease: Lease, trial: TrialFn = trial_fn) -> SweepSumm
         plan.tracking_uri, str(plan.workdir), plan.experiment, sweep, data.fingerprints,
         plan.space, plan.fixed.folds, resources=plan.fixed.resources,
         on_setup=lambda: state.write_identity(plan.rdb, plan.experiment, identity),
-        fence=(plan.optuna_url, lease.key, lease.owner))
+        fence=state.LeaseFence(plan.optuna_url, lease.key, lease.owner))
     closed = logger.start()
     if plan.stored is not None:
         print(f"resuming sweep {sweep}: {len(closed)} interrupted run(s) marked KILLED")

@@ -30,10 +30,11 @@ from ray import tune
 
 from bst_search import tracking
 from bst_search.config import SCHEMA
-from bst_search.search.stopping import STOPS
+from bst_search.search.stopping import GROUP_SIGNALS, STOPS, ignored_by_children
 
 if TYPE_CHECKING:
     from bst_search.search.space import SearchSpace
+    from bst_search.search.state import LeaseFence
 
 log = logging.getLogger(__name__)
 _LIVE: dict[str, MlflowTrialLogger] = {}  # the driver's logger per sweep (see __setstate__)
@@ -47,30 +48,16 @@ class RunBook:
 
     def __init__(self, experiment_id: str, sweep: str, fingerprints: dict[str, str], space: SearchSpace,
                  n_folds: int, resources: dict[str, float] | None = None,
-                 fence: tuple[str, str, str] | None = None) -> None:
+                 fence: LeaseFence | None = None) -> None:
         self.experiment_id, self.sweep, self.fingerprints = experiment_id, sweep, fingerprints
         self.space, self.n_folds, self.resources = space, n_folds, resources
         self.runs: dict[str, str] = {}  # trial id -> its open run
-        # (lease database URL, sweep key, the driver's owner string): a run is closed FINISHED
-        # or FAILED only while the driver still holds the sweep's lease
-        self.fence = fence
-        self._fence_engine: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fence_engine": None}
+        self.fence = fence  # a run is closed only while the driver holds the lease (LeaseFence)
 
     def _may_close(self, trial_id: str) -> bool:
-        """Whether the driver still owns the sweep: a driver stalled past its lease must not
-        close a run that the driver which took over runs again."""
-        if self.fence is None:
-            return True
-        import sqlalchemy as sa
-
-        from bst_search.search.state import lease_owner
-
-        url, key, owner = self.fence
-        self._fence_engine = self._fence_engine or sa.create_engine(url, pool_pre_ping=True)
-        if lease_owner(self._fence_engine, key) == owner:
+        """A driver stalled past its lease must not close a run that the driver which took
+        over runs again."""
+        if self.fence is None or self.fence.holds():
             return True
         log.warning("trial %s: not closed, the sweep's lease is another driver's now", trial_id)
         return False
@@ -160,7 +147,8 @@ class Writers:
         self._replies, child_replies = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=_serve, name="bst-mlflow-writer", daemon=True,
                                    args=(uri, book, n, maxsize, child_commands, child_replies))
-        self.process.start()
+        with ignored_by_children(GROUP_SIGNALS):  # one sent while it imports must not kill it
+            self.process.start()
         child_commands.close()  # the child's ends: a dead peer is then an EOF on either side
         child_replies.close()
         self._failed: list[str] = []  # writes that failed for good, as the child last told
@@ -195,7 +183,7 @@ class Writers:
             try:
                 if timeout is not None and not self._replies.poll(timeout):
                     self._gone.append(f"the MLflow writer process did not finish its queued writes "
-                                      f"within {timeout:.0f}s: they are lost; --resume closes their runs")
+                                      f"within {timeout:g}s: they are lost; --resume closes their runs")
                     log.error(self._gone[-1])
                     return False
                 self._failed = self._replies.recv()
@@ -222,8 +210,9 @@ class Writers:
 
 def _serve(uri: str, book: RunBook, n: int, maxsize: int, commands: Any, replies: Any) -> None:
     """The writer process: read the driver's messages until it says close or is gone."""
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # sent to the group: the driver decides
+    for s in GROUP_SIGNALS:  # sent to the group: the driver decides
         signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
     tracking.write_ahead_sqlite()
     queues: list[queue.Queue] = [queue.Queue(maxsize=maxsize) for _ in range(n)]
     errors: list[str] = []
@@ -290,7 +279,7 @@ class MlflowTrialLogger(tune.Callback):
                  fingerprints: dict[str, str], space: SearchSpace, n_folds: int, *, writers: int = 4,
                  on_setup: Callable[[], None] | None = None,
                  resources: dict[str, float] | None = None,
-                 fence: tuple[str, str, str] | None = None) -> None:
+                 fence: LeaseFence | None = None) -> None:
         self.uri, self.workdir, self.experiment, self.sweep = uri, workdir, experiment, sweep
         self.fingerprints, self.space, self.n_folds = fingerprints, space, n_folds
         self.n_writers, self.on_setup = writers, on_setup

@@ -257,11 +257,22 @@ class Lease:
             self.engine.dispose()
 
 
-def lease_owner(engine: Any, key: str) -> str | None:
-    """The owner string of the sweep's lease row (None without one): the MLflow writer
-    process checks it before a write that closes a run."""
-    import sqlalchemy as sa
+class LeaseFence:
+    """Whether a driver's lease is still its own, asked from another process (the MLflow
+    writer, before it closes a run): picklable, it connects on first use."""
 
-    with engine.connect() as c:
-        row = c.execute(sa.text("SELECT owner FROM bst_sweep_lease WHERE key = :k"), {"k": key}).first()
-    return row[0] if row else None
+    def __init__(self, url: str, key: str, owner: str) -> None:
+        self.url, self.key, self.owner = url, key, owner
+        self._engine: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_engine": None}
+
+    def holds(self) -> bool:
+        import sqlalchemy as sa
+
+        self._engine = self._engine or sa.create_engine(self.url, pool_pre_ping=True)
+        with self._engine.connect() as c:
+            row = c.execute(sa.text("SELECT owner FROM bst_sweep_lease WHERE key = :k"),
+                            {"k": self.key}).first()
+        return row is not None and row[0] == self.owner

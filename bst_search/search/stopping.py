@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+GROUP_SIGNALS = {signal.SIGINT, *STOP_SIGNALS}  # what a terminal or `timeout` sends a whole group
 LEASE_LOST_RC = 3  # another driver took the sweep over: do not --resume this one
 DRAIN_ENV = "BST_STOP_DRAIN_S"  # seconds a stopped driver waits for its queued MLflow writes
 DRAIN_DEFAULT_S = 25.0  # within the 30 s that SLURM and Kubernetes leave before SIGKILL
@@ -134,6 +135,24 @@ def exit_code_of(signum: int | None, lease_lost: bool) -> int | None:
     if lease_lost:
         return LEASE_LOST_RC
     return 128 + signum if signum else None
+
+
+@contextlib.contextmanager
+def ignored_by_children(signals: set[int]) -> Iterator[None]:
+    """A child started here ignores ``signals`` from its first instruction (an ignored
+    signal stays ignored across exec), not only once it has imported MLflow (seconds): the
+    driver's own signals wait, blocked, and reach its handlers afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 @contextlib.contextmanager

@@ -279,15 +279,12 @@ def test_sweep_survives_the_loss_of_a_worker_node(cluster: ch.Cluster, tiny_data
           f"retries {retries}, wall {wall:.0f}s (cluster start excluded), 0 lost, {figures}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "residual window: Tune uploads its experiment state to s3:// every BST_TUNE_SYNC_S (5 s; "
-    "Tune's default 300 s made this fail 1 run in 3); a head lost within that window after a "
-    "trial was created resumes without it and samples one more (measured before the fix: 9 "
-    "FINISHED runs for --trials 8). Closing it needs a resume that counts Optuna trials unknown "
-    "to Tune's restored state"))
 def test_sweep_resumes_on_a_new_head_from_shared_state(cluster: ch.Cluster, tiny_data, tmp_path) -> None:
     """Driver and head die; a new head (new temp dir, new workers) resumes from S3 + PostgreSQL
-    only: the new driver gets a fresh work dir, nothing of the old head's disk."""
+    only: the new driver gets a fresh work dir, nothing of the old head's disk. Exactly
+    N_TRIALS trials: an Optuna trial asked for after Tune's state last reached S3 is adopted
+    (left RUNNING: told FAIL, its parameters run again; finished: it counts), never sampled
+    anew."""
     c = cluster
     first = Sweep(c, tiny_data, "headloss", tmp_path / "driver-a").start()
     ch.wait_for("two finished trials", lambda: (assert_alive(first)

@@ -139,3 +139,32 @@ def test_running_values_survive_a_driver_restart_and_reach_a_pruned_trial(tmp_pa
     (t,) = optuna.load_study(study_name="exp", storage=url).trials
     assert (t.state, t.value, t.intermediate_values) == (S.PRUNED, 0.66, {1: 0.61, 2: 0.66})
     assert back._running == {}
+
+
+def test_a_restored_segment_adopts_orphans_and_runs_exactly_its_trials(tmp_path):
+    """A head lost after Tune's last saved state: one trial asked for then (RUNNING) and one
+    asked for and finished then (COMPLETE) are unknown to the restored searcher. The first's
+    parameters run as the next trial (it is told FAIL); the second takes a trial's place."""
+    from ray.tune.search import Searcher
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    first = optuna_searcher.SweepOptunaSearch(
+        space=_space, metric="oof_hF", mode="max", study_name="exp", segment="seg-1", n_trials=4,
+        storage=(optuna_searcher.use_storage(url), optuna_searcher.storage_from_env())[1],
+        sampler=optuna.samplers.TPESampler(seed=0))
+    first.suggest("t1")
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last saved state knows t1 only
+    orphan = first.suggest("t2")
+    first.suggest("t3")
+    first.on_trial_complete("t3", {"oof_hF": 0.5, "trial_status": "complete"})
+
+    again = _searcher(url)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert again.suggest("t4") == orphan  # the orphan's parameters, not a new sample
+    study = optuna.load_study(study_name="exp", storage=url)
+    by_tune = {t.user_attrs["bst.tune_trial_id"]: t for t in study.trials}
+    assert by_tune["t2"].state == S.FAIL and by_tune["t2"].user_attrs["bst.orphan"]
+    assert by_tune["t4"].user_attrs["bst.adopts"] == by_tune["t2"].number
+    assert by_tune["t4"].user_attrs["bst.segment"] == "seg-1"
+    assert again.suggest("t5") is not None  # t1, t3 (finished, unknown), t4, t5: 4 trials
+    assert again.suggest("t6") == Searcher.FINISHED

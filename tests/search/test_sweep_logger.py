@@ -95,6 +95,9 @@ class _Ledger:
     def boom(self, cl) -> None:
         raise ZeroDivisionError("a write that fails")
 
+    def nap(self, cl, seconds: float) -> None:
+        time.sleep(seconds)
+
 
 def _ledger(path: Path) -> dict[str, list[int]]:
     seen: dict[str, list[int]] = {}
@@ -158,6 +161,38 @@ def test_a_dead_writer_process_is_an_error_not_a_hang(tmp_path):
     assert len(w.errors) == 1 and "writer process is gone" in w.errors[0]
     assert _ledger(tmp_path / "ledger") == {"k": [0]}
     w.close()
+
+
+def test_the_writer_process_outlives_group_signals_and_a_stop_drains_bounded(tmp_path):
+    """SIGTERM and SIGHUP sent to the driver's group (``timeout``, a hang-up) reach the writer
+    too: it ignores them and the driver drains it; a drain after a stop waits a bounded time."""
+    w = Writers(tracking.tracking_uri(tmp_path), _Ledger(tmp_path / "ledger"), n=2)
+    w.submit("k", "note", "k", 0)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        os.kill(w.process.pid, sig)
+    w.submit("k", "note", "k", 1)
+    w.drain()
+    assert w.process.is_alive() and w.errors == [] and _ledger(tmp_path / "ledger") == {"k": [0, 1]}
+    w.submit("k", "nap", 30.0)
+    t0 = time.monotonic()
+    assert not w.drain(timeout=0.5) and "within 0.5s" in w.errors[-1]
+    w.close(timeout=0.5)  # killed, not waited for: it ignores SIGTERM
+    assert time.monotonic() - t0 < 20 and not w.process.is_alive()
+
+
+def test_a_run_is_closed_only_while_the_driver_holds_the_lease(tmp_path):
+    from bst_search.search.mlflow_logger import RunBook
+    from bst_search.search.state import Lease, LeaseFence
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    lease = Lease(url, "exp", ttl_s=60)
+    lease.acquire()
+    space = load_space(SMOKE)
+    mine = pickle.loads(pickle.dumps(RunBook("0", "sw", {}, space, 5, fence=LeaseFence(url, "exp", lease.owner))))
+    other = RunBook("0", "sw", {}, space, 5, fence=LeaseFence(url, "exp", "another-driver"))
+    assert mine._may_close("t1") and not other._may_close("t1")
+    other.complete(None, "t1", {}, "", [], {}, {}, None, set())  # no client needed: nothing written
+    lease.release()
 
 
 def test_fold_metrics_are_batched_and_none_is_lost(tmp_path, monkeypatch):

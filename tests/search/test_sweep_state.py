@@ -86,3 +86,21 @@ def test_lease_of_a_dead_driver_on_this_host_is_taken_over_at_once(tmp_path):
     lease = Lease(url, "exp", ttl_s=3600)
     lease.acquire()  # the holder's pid is gone: no need to wait an hour
     lease.release()
+
+
+def test_a_stalled_driver_finds_its_lease_taken_before_it_writes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    first = Lease(url, "exp", ttl_s=0.6)
+    first.acquire()
+    lost: list[str] = []
+    first.on_lost = lambda lease: lost.append(lease.taken_by)
+    assert first.held()  # renewed just now: no database round trip
+    time.sleep(0.7)  # stalled past the TTL (SIGSTOP): another driver takes over
+    second = Lease(url, "exp", ttl_s=60)
+    second.acquire()
+    assert not first.held() and first.lost  # checked against the database, not assumed
+    assert lost == [f"host {second.host} pid {second.pid} (since " + lost[0].split("(since ")[1]]
+    assert not first.renew() and len(lost) == 1  # told once
+    first.release()  # releases nothing that is not its own
+    assert Lease(url, "exp", ttl_s=60).holder().startswith(f"host {second.host} pid {second.pid}")
+    second.release()
