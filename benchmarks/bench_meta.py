@@ -70,16 +70,22 @@ def cross_fit_costs(data: Path) -> None:
           f"(min {min(held):.4f})")
 
 
-def trial_figures(data: Path, trials: Path) -> None:
+def eval_scores(data: Path, run: Path) -> dict[str, float]:
+    """A trial folder's evaluation metrics, scored from ``eval.parquet`` against the synthetic
+    evaluation labels (a single trial writes no submission)."""
     labels = pd.read_csv(data / "eval_labels.csv", dtype=str).set_index("id")["class"]
+    ev = pd.read_parquet(run / "eval.parquet")
+    y_true = encode(labels.loc[ev["id"]].to_numpy())
+    return metrics.evaluate(y_true, ev[list(PROBA_COLUMNS)].to_numpy())
+
+
+def trial_figures(data: Path, trials: Path) -> None:
     print("| trial | backbones | OOF hF official / strict | evaluation hF official / strict |")
     print("|---|---|---|---|")
     for run in sorted(p for p in trials.iterdir() if (p / "metrics.json").is_file()):
         m = json.loads((run / "metrics.json").read_text())
         backbones = config.load(run / "config.yaml")["backbones"]
-        ev = pd.read_parquet(run / "eval.parquet")
-        y_true = encode(labels.loc[ev["id"]].to_numpy())
-        e = metrics.evaluate(y_true, ev[list(PROBA_COLUMNS)].to_numpy())
+        e = eval_scores(data, run)
         print(f"| {run.name} | {', '.join(backbones)} | {m['oof_hF']:.4f} / "
               f"{m['oof_hF_strict']:.4f} | {e['hF']:.4f} / {e['hF_strict']:.4f} |")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bst_search.search import add_search_arguments
@@ -157,16 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bst-search", description=DESCRIPTION, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, formatter_class=fmt)
+    def command(name: str, help: str, func: Callable[[argparse.Namespace], int]
+                ) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help, formatter_class=fmt)
+        s.set_defaults(func=func)
+        return s
 
     from bst_search.extract.cli import add_arguments as add_extract_arguments
 
-    s = command("extract", "audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)")
+    s = command("extract", "audio + metadata text -> backbone embeddings (CLAP, PANNs, MiniLM)",
+                _cmd_extract)
     add_extract_arguments(s)
-    s.set_defaults(func=_cmd_extract)
 
-    s = command("synth", "write a synthetic dataset in the official layout")
+    s = command("synth", "write a synthetic dataset in the official layout", _cmd_synth)
     s.add_argument("--out", required=True, help="folder to write dev/, eval/, crowd/ into")
     s.add_argument("--n", type=int, default=11000, help="development sounds (default 11000)")
     s.add_argument("--crowd-n", type=int, default=0, help="crowd sounds (default 0: none)")
@@ -175,15 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     s.add_argument("--audio-n", type=int, default=0,
                    help="also write audio_demo/: generated clips to try bst-search extract on")
-    s.set_defaults(func=_cmd_synth)
 
-    s = command("data", "load, validate and cache a dataset; print a summary")
+    s = command("data", "load, validate and cache a dataset; print a summary", _cmd_data)
     s.add_argument("--data", required=True, help="dataset root (official layout)")
     s.add_argument("--missing", choices=("error", "drop", "zero"), default="error",
                    help="a sound without an embedding file: error (default), drop it, or zeros")
-    s.set_defaults(func=_cmd_data)
 
-    s = command("trial", "run one cross-validated trial")
+    s = command("trial", "run one cross-validated trial", _cmd_trial)
     s.add_argument("--data", required=True, help="development dataset root")
     s.add_argument("--config", default="baseline_hatr", help="YAML file or preset name")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -195,43 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--missing", choices=("error", "drop", "zero"), default="error")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    s.set_defaults(func=_cmd_trial)
 
-    s = command("search", "run (or resume) a Ray Tune + Optuna sweep")
+    s = command("search", "run (or resume) a Ray Tune + Optuna sweep", _cmd_search)
     add_search_arguments(s)  # the parser lives with its command (bst_search.search.cli)
-    s.set_defaults(func=_cmd_search)
 
     from bst_search.ensemble.cli import add_arguments
     from bst_search.ensemble.submission import add_score_arguments
 
-    s = command("ensemble", "ensemble selection over an experiment's trials -> submission")
+    s = command("ensemble", "ensemble selection over an experiment's trials -> submission",
+                _cmd_ensemble)
     add_arguments(s)
-    s.set_defaults(func=_cmd_ensemble)
 
     from bst_search.ensemble import pseudo_label
 
-    s = command("pseudo-label", "soft labels of the crowd set from a stage-1 ensemble, per fold")
+    s = command("pseudo-label", "soft labels of the crowd set from a stage-1 ensemble, per fold",
+                _cmd_pseudo_label)
     pseudo_label.add_arguments(s)
-    s.set_defaults(func=_cmd_pseudo_label)
 
     from bst_search import dashboard, report
 
-    s = command("report", "self-contained HTML report of a sweep (MLflow + Optuna)")
+    s = command("report", "self-contained HTML report of a sweep (MLflow + Optuna)", _cmd_report)
     report.add_arguments(s)
-    s.set_defaults(func=_cmd_report)
 
-    s = command("dashboard", "MLflow UI + optuna-dashboard on a (running) sweep")
+    s = command("dashboard", "MLflow UI + optuna-dashboard on a (running) sweep", _cmd_dashboard)
     dashboard.add_arguments(s)
-    s.set_defaults(func=_cmd_dashboard)
 
-    s = command("score", "score a submission CSV against a label file (official metric)")
+    s = command("score", "score a submission CSV against a label file (official metric)",
+                _cmd_score)
     add_score_arguments(s)
-    s.set_defaults(func=_cmd_score)
 
-    s = command("demo", "synthetic data -> small sweep -> ensemble -> report")
+    s = command("demo", "synthetic data -> small sweep -> ensemble -> report", _cmd_demo)
     s.add_argument("--workdir", default="bst-runs/demo")
     s.add_argument("--trials", type=int, default=8)
-    s.set_defaults(func=_cmd_demo)
     return p
 
 

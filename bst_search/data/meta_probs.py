@@ -157,17 +157,20 @@ def cross_fit(make: Callable[[], TextModel], X: Inputs, y: np.ndarray, has: np.n
 
 def compute(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
             eval_data: Dataset | None = None, crowd: Dataset | None = None,
-            holdout: Dataset | None = None) -> FoldMetaProbs:
-    """Fold k's probabilities for every given set, as the module docstring describes."""
+            holdout: Dataset | None = None, crowd_scored: Dataset | None = None) -> FoldMetaProbs:
+    """Fold k's probabilities for every given set, as the module docstring describes;
+    ``crowd_scored``: a crowd set only predicted (a trial without a crowd strategy), scored by
+    the full model like the evaluation set."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # small fits: more BLAS threads only spin on a shared machine
-        return _compute(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout)
+        return _compute(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout,
+                        crowd_scored=crowd_scored)
 
 
 def _compute(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
              eval_data: Dataset | None, crowd: Dataset | None,
-             holdout: Dataset | None) -> FoldMetaProbs:
+             holdout: Dataset | None, crowd_scored: Dataset | None = None) -> FoldMetaProbs:
     t0 = time.process_time()
     make = functools.partial(TEXT_MODELS.lookup(cfg["meta"]["model"]).from_config, cfg)
     proto = make()
@@ -187,7 +190,7 @@ def _compute(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     h_T = np.concatenate([h[r] for _, h, _, r in pieces])
     y_T = np.concatenate([y[r] for _, _, y, r in pieces])
     targets = [(take(X_dev, rest), h_dev[rest])]
-    others = [ds for ds in (eval_data, holdout) if ds is not None]
+    others = [ds for ds in (eval_data, holdout, crowd_scored) if ds is not None]
     targets += [part(ds) for ds in others]
     if crowd is not None:
         other_c = np.setdiff1d(np.arange(len(crowd.ids)), cand)  # never used; scored for shape
@@ -199,6 +202,8 @@ def _compute(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     scored = iter(full[1:])
     out.eval = next(scored) if eval_data is not None else None
     out.holdout = next(scored) if holdout is not None else None
+    if crowd_scored is not None:
+        out.crowd = next(scored)
     if crowd is not None:
         out.crowd = np.empty((len(crowd.ids), META_DIM), dtype=np.float32)
         out.crowd[cand], out.crowd[other_c] = oof[len(train_idx):], next(scored)
@@ -223,7 +228,8 @@ def _digest(h: Any, tag: str, ds: Dataset | None, needs: tuple[str, ...],
 
 
 def cache_key(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
-              eval_data: Dataset | None, crowd: Dataset | None, holdout: Dataset | None) -> str:
+              eval_data: Dataset | None, crowd: Dataset | None, holdout: Dataset | None,
+              crowd_scored: Dataset | None = None) -> str:
     """sha256 of everything the probabilities depend on and nothing else: the ``meta.*`` keys,
     the fold assignment and k, and per set its ids, text hash, labels (development and crowd:
     the sets the model learns from) and the model's input backbones."""
@@ -236,6 +242,8 @@ def cache_key(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     for tag, ds, labels in (("dev", dev, True), ("eval", eval_data, False),
                             ("crowd", crowd, True), ("holdout", holdout, False)):
         _digest(h, tag, ds, needs, labels)
+    if crowd_scored is not None:  # absent from the keys of entries without one
+        _digest(h, "crowd_scored", crowd_scored, needs, False)
     return h.hexdigest()
 
 
@@ -256,13 +264,14 @@ def _read(path: Path, sizes: dict[str, int | None]) -> FoldMetaProbs | None:
 
 def fold_meta_probs(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
                     eval_data: Dataset | None = None, crowd: Dataset | None = None,
-                    holdout: Dataset | None = None,
+                    holdout: Dataset | None = None, crowd_scored: Dataset | None = None,
                     cache_dir: Path | None = None) -> FoldMetaProbs:
     """Fold k's probabilities from the cache, else computed (once, under a lock) and cached.
-    ``crowd``: the crowd set the trial trains with, or None when it uses none."""
-    sets = {"dev": dev, "eval": eval_data, "crowd": crowd, "holdout": holdout}
+    ``crowd``: the crowd set the trial trains with; ``crowd_scored``: one it only predicts."""
+    sets = {"dev": dev, "eval": eval_data, "crowd": crowd or crowd_scored, "holdout": holdout}
     sizes = {s: None if ds is None else len(ds.ids) for s, ds in sets.items()}
-    key = cache_key(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout)
+    key = cache_key(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout,
+                    crowd_scored=crowd_scored)
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cdir / f"{META_BACKBONE}-{cfg['meta']['model']}-fold{k}-{key[:24]}.npz"
     hit = _read(path, sizes)
@@ -272,7 +281,8 @@ def fold_meta_probs(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int,
         hit = _read(path, sizes)  # another trial may have computed it while we waited
         if hit is not None:
             return hit
-        out = compute(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout)
+        out = compute(cfg, dev, fold, k, eval_data=eval_data, crowd=crowd, holdout=holdout,
+                      crowd_scored=crowd_scored)
         arrays = {s: a for s in SETS if (a := getattr(out, s)) is not None}
         try:
             atomic_savez(path, {"version": np.array(CACHE_VERSION), "fits": np.array(out.fits),
@@ -294,13 +304,15 @@ def attach(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
            log: Callable[[str], None] | None = None
            ) -> tuple[Dataset, Dataset | None, Dataset | None, Dataset | None]:
     """The fold's (development, evaluation, crowd, holdout) sets with their ``meta_probs``;
-    the crowd set takes part only when the trial trains with it (``data.crowd``)."""
+    the crowd set's labels and text train the text model only when the trial trains with it
+    (``data.crowd``); otherwise its rows are only scored, like the evaluation set's."""
     used = crowd if cfg["data"]["crowd"] != "none" else None
-    mp = fold_meta_probs(cfg, dev, fold, k, eval_data=eval_data, crowd=used, holdout=holdout)
+    mp = fold_meta_probs(cfg, dev, fold, k, eval_data=eval_data, crowd=used, holdout=holdout,
+                         crowd_scored=crowd if used is None else None)
     if log:
         how = "cached" if mp.cache_hit else "computed"
         log(f"  fold {k} meta_probs ({cfg['meta']['model']}): {how}, {mp.fits} text-model fits, "
             f"{mp.cpu_seconds:.1f}s CPU")
     return (with_meta_probs(dev, mp.dev), with_meta_probs(eval_data, mp.eval),
-            with_meta_probs(crowd, mp.crowd) if used is not None else crowd,
+            with_meta_probs(crowd, mp.crowd),
             with_meta_probs(holdout, mp.holdout))

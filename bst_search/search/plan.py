@@ -190,6 +190,7 @@ def plan_sweep(args: argparse.Namespace, space: SearchSpace, workdir: Path,
 
 def load_data(plan: SweepPlan) -> SweepData:
     """Load and validate the sweep's datasets once, with their fingerprints."""
+    from bst_search.config import META_BACKBONE
     from bst_search.data import load_dataset
     from bst_search.data.meta_probs import loadable_backbones
     from bst_search.data.text_models import TEXT_MODELS
@@ -210,6 +211,10 @@ def load_data(plan: SweepPlan) -> SweepData:
         raise SystemExit(f"error: --holdout-fraction: {exc}") from exc
     fps = {"data_fp": dev.fingerprint, "fold_fp": fold_fp,
            "eval_fp": ev.fingerprint if ev is not None else ""}
+    if crowd is not None:  # every trial predicts it: a resume must see the same crowd set
+        fps["crowd_fp"] = crowd.fingerprint
+    if META_BACKBONE in plan.space.backbones_needed():  # the text meta_probs reads
+        fps["text_fp"] = ",".join(ds.text_fp for ds in (dev, ev, crowd) if ds is not None)
     pseudo_dir = plan.space.fixed.get("data.pseudo_dir")
     if pseudo_dir:  # refused here, before any trial, when made for other data or folds
         from bst_search.data import pseudo

@@ -233,3 +233,17 @@ def test_manifest_counts_and_schema(tmp_path: Path) -> None:
     assert manifest["schema"] == pl.SCHEMA
     counts = pl.class_counts(np.eye(N_CLASSES)[[0, 0, 3]])
     assert sum(counts.values()) == 3 and list(counts.values())[0] == 2
+
+
+def test_a_meta_probs_trial_without_a_crowd_strategy_only_scores_the_crowd(
+        dev: Dataset, crowd: Dataset, isolated_cache: Path) -> None:
+    """Its crowd rows get text-model probabilities to be predicted on, and their labels train
+    nothing: other crowd labels leave every prediction as it was."""
+    cfg, k = _cfg(backbones=["clap_audio", "meta_probs"]), 0
+    fold = assign_folds(dev.y)
+    res = run_fold(cfg, dev, fold, k, crowd=crowd)
+    relabelled = dataclasses.replace(crowd, y=(crowd.y + 1) % N_CLASSES, fingerprint="")
+    again = run_fold(cfg, dev, fold, k, crowd=relabelled)
+    assert np.array_equal(again["proba"], res["proba"])
+    assert np.array_equal(again["crowd_proba"], res["crowd_proba"])
+    assert res["crowd_proba"].shape == (len(crowd_candidates(crowd, dev)), N_CLASSES)
