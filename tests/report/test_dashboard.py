@@ -34,6 +34,7 @@ while not stop.exists():
 """
 
 
+@pytest.mark.system  # servers started and stopped by a signal: make test-system
 def test_dashboard_during_writes_stops_on_ctrl_c(small_sweep, tmp_path):
     """Starts while the stores are being written, never blocks the writer, stops cleanly."""
     import json

@@ -86,6 +86,7 @@ def _identity(storage: str, experiment: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 def test_smoke_sweep_end_to_end_survives_a_dying_worker(tiny_data, tmp_path):
     marker = tmp_path / "worker-died"
     env = _env(**{FAULT_ENV: f"1:{marker}"})  # the first trial to finish fold 1 kills its worker
@@ -169,6 +170,7 @@ def test_space_that_cannot_run_is_refused_before_ray_starts(tiny_data, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 def test_resume_after_sigkill_of_the_driver(tiny_data, tmp_path):
     n = 6
     uri = tracking.tracking_uri(tmp_path)
@@ -232,6 +234,7 @@ def _postgres_up() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 @pytest.mark.postgres
 def test_cluster_setup_postgres_optuna_and_mlflow_server(tiny_data, tmp_path):
     if not _postgres_up():
@@ -306,6 +309,7 @@ def _running_with_folds(uri: str, experiment: str) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 def test_ctrl_c_interrupts_cleanly_and_resume_continues_from_the_last_fold(tiny_data, tmp_path):
     n = 3  # 2 running and 1 pending when Ctrl-C comes
     uri = tracking.tracking_uri(tmp_path)
@@ -341,6 +345,7 @@ def test_ctrl_c_interrupts_cleanly_and_resume_continues_from_the_last_fold(tiny_
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 def test_a_time_budget_ends_the_sweep_like_ctrl_c_and_exits_0(tiny_data, tmp_path):
     uri = tracking.tracking_uri(tmp_path)
     cmd = _search_cmd(tiny_data, tmp_path, "budget", 1, "--concurrency", "2")
@@ -369,6 +374,7 @@ def test_a_time_budget_ends_the_sweep_like_ctrl_c_and_exits_0(tiny_data, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.system  # a driver as an operator meets it: make test-system
 def test_errored_trial_rerun_on_resume_agrees_and_the_sweep_grows(tiny_data, tmp_path):
     uri, storage = tracking.tracking_uri(tmp_path), f"sqlite:///{tmp_path / 'optuna.db'}"
     cmd = _search_cmd(tiny_data, tmp_path, "rerun", 1, "--max-failures", "0")
