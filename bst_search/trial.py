@@ -133,6 +133,7 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     X_dev = dev.X(backbones)
     X_train, y_train = [x[rows] for x in X_dev], dev.y[rows]
     X_val, y_val = [x[val_idx] for x in X_dev], dev.y[val_idx]
+    eligible = None if crowd is None else crowd_candidates(crowd, dev)  # never dev sounds
 
     def fit(X: list[np.ndarray], y: np.ndarray, w: np.ndarray | None, max_epochs: int | None,
             **kw: Any) -> training.FitResult:
@@ -142,7 +143,7 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     init_state, n_crowd, target = None, 0, None
     if cfg["data"]["crowd"] != "none":
         ctx = FoldContext(cfg, X_train, y_train, weights, crowd,
-                          confident_rows(cfg, crowd, crowd_candidates(crowd, dev))[0], backbones,
+                          confident_rows(cfg, crowd, eligible)[0], backbones,
                           fit=lambda X, y, w, e: fit(X, y, w, e, average_top=1).model,
                           predict=lambda m, X: training.predict_proba(m, X, device=device), log=log,
                           pseudo=None if pseudo_labels is None else pseudo_labels.fold(k, crowd.ids))
@@ -155,7 +156,7 @@ def run_fold(cfg: dict[str, Any], dev: Dataset, fold: np.ndarray, k: int, *,
     X_hold = holdout.X(backbones) if holdout is not None else None  # predicted, like eval
     X_crowd_all = None  # every crowd sound that is not a development sound: stage 2's material
     if crowd is not None:
-        X_crowd_all = [x[crowd_candidates(crowd, dev)] for x in crowd.X(backbones)]
+        X_crowd_all = [x[eligible] for x in crowd.X(backbones)]
     proba, eval_proba, hold_proba, crowd_proba = _predict(
         cfg["post"], result.model, X_train, y_train, device,
         [[x[test_idx] for x in X_dev], X_eval, X_hold, X_crowd_all])
