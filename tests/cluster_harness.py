@@ -271,24 +271,28 @@ class Cluster:
     # ---------------------------------------------------------------- services
     def start_s3(self) -> None:
         """moto in server mode on loopback, and the bucket."""
-        import boto3
-
         self.s3_port = self.s3_port or free_port()
         self.spawn("s3", [tool("moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)])
         wait_for("the S3 endpoint", lambda: _http_ok(f"{self.s3_endpoint}/moto-api/"), 60)
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-        s3.create_bucket(Bucket=self.bucket)
+        self._s3().create_bucket(Bucket=self.bucket)
 
-    def s3_keys(self, prefix: str = "") -> list[str]:
+    def _s3(self) -> Any:
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def s3_keys(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             keys += [o["Key"] for o in page.get("Contents", [])]
         return keys
+
+    def s3_get(self, key: str) -> bytes:
+        return self._s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def s3_put(self, key: str, body: bytes) -> None:
+        self._s3().put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def create_databases(self) -> None:
         self.databases = {role: f"{DB_PREFIX}{self.marker}_{role}" for role in ("mlflow", "optuna")}

@@ -134,11 +134,10 @@ def new_tuner(plan: SweepPlan, trainable: Any, callbacks: list[Any], name: str, 
               warm: list[dict[str, Any]] | None = None) -> tune.Tuner:
     """A fresh Tune experiment ``name`` of ``n`` trials, driven by the sweep's Optuna study."""
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
     from bst_search.search.samplers import make_sampler
     from bst_search.search.schedulers import make_scheduler
-    from bst_search.search.searcher import SweepOptunaSearch
+    from bst_search.search.searcher import SweepLimiter, SweepOptunaSearch
 
     fixed, space = plan.fixed, plan.space
     concurrency = concurrency_of(fixed.concurrency, fixed.cpus_per_trial, fixed.gpus_per_trial)
@@ -146,7 +145,7 @@ def new_tuner(plan: SweepPlan, trainable: Any, callbacks: list[Any], name: str, 
         space=space.sample, metric=space.metric, mode=space.mode, points_to_evaluate=warm,
         sampler=make_sampler(fixed.sampler, fixed.seed, concurrency),
         study_name=plan.experiment, storage=plan.rdb, segment=name, n_trials=n)
-    alg = ConcurrencyLimiter(searcher, max_concurrent=fixed.concurrency) if fixed.concurrency else searcher
+    alg = SweepLimiter(searcher, max_concurrent=fixed.concurrency) if fixed.concurrency else searcher
     reporter = None
     if plan.verbose:  # Tune's own trial table, as Tune prints it
         reporter = tune.CLIReporter(
@@ -213,7 +212,9 @@ def run_segments(plan: SweepPlan, identity: dict[str, Any], trainable: Any,
     last one cut off."""
     from ray import tune
 
-    callbacks = [logger, console]
+    from bst_search.search.searcher import TuneTrials
+
+    callbacks = [logger, console, TuneTrials()]
     last = identity["segments"][-1]
     if plan.stored is None:
         warm = None

@@ -23,6 +23,12 @@ What Optuna is told, so that it learns only from the objective:
   it takes the place of a new trial (the experiment's ``n_trials`` count it). A resumed sweep
   thus runs exactly ``--trials`` trials.
 
+Tune saves its trial list and the searcher's state as separate files and uploads them one by
+one, so a head lost mid-upload can leave a searcher state older or newer than the trial list
+that Tune restores. The trial list is the truth: :class:`TuneTrials` records it at the first
+step of every Tune run, and the searcher (:meth:`SweepOptunaSearch._adopt_orphans`) and the
+concurrency limit (:class:`SweepLimiter`) rebuild what they hold from it before they first act.
+
 A driver that lost its lease (:mod:`bst_search.search.stopping`) neither asks nor tells.
 
 A trial's running values are held by this searcher and written when it ends, and only when it
@@ -39,7 +45,8 @@ import os
 from typing import Any
 
 import optuna
-from ray.tune.search import Searcher
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bst_search.search.space import InvalidSample, SpaceError
@@ -56,6 +63,23 @@ MAX_REJECTS = 500
 
 
 _URL: str | None = None  # set by the driver (use_storage); never pickled
+# Tune's trials (id -> status) at the first step of the current Tune run; None before it
+_TUNE_TRIALS: dict[str, str] | None = None
+_ENDED = ("TERMINATED", "ERROR")
+
+
+class TuneTrials(tune.Callback):
+    """Records Tune's trials, restored ones included, at the first step of a Tune run: the
+    first step comes before Tune first asks the searcher for a trial (module docstring)."""
+
+    def setup(self, **info: Any) -> None:
+        global _TUNE_TRIALS
+        _TUNE_TRIALS = None
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        global _TUNE_TRIALS
+        if _TUNE_TRIALS is None:
+            _TUNE_TRIALS = {t.trial_id: t.status for t in trials}
 
 
 def use_storage(url: str) -> None:
@@ -159,8 +183,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
     def suggest(self, trial_id: str) -> dict | str | None:
         if not STOPS.may_write():
             return None
-        if not self._adopted:
-            self._adopt_orphans()
+        self._ensure_adopted()
         if trial_id not in self._ot_trials and self._n_trials is not None and 0 <= self._n_trials <= (
                 len(self._ot_trials) + self._finished_orphans):
             return Searcher.FINISHED  # finished orphans took the places of the last trials
@@ -174,14 +197,22 @@ class SweepOptunaSearch(ValidOptunaSearch):
             self._open[trial_id] = True
         return params
 
+    def _ensure_adopted(self) -> None:
+        """Adopt before the first hook that acts on a trial: a restored trial can report, or
+        end, before Tune first asks for a new one (the concurrency limit is reached)."""
+        if not self._adopted and STOPS.may_write():
+            self._adopt_orphans()
+
     def _adopt_orphans(self) -> None:
-        """Once per driver, before its first new trial: the orphans of this segment (module
+        """Once per driver, before it first acts on a trial: the orphans of this segment (module
         docstring). RUNNING ones are told FAIL and their parameters enqueued; finished ones
         are counted against ``n_trials``."""
         self._adopted = True
         if self._segment is None:
             return
         S = optuna.trial.TrialState
+        if _TUNE_TRIALS is not None:
+            self._follow_tune(_TUNE_TRIALS)
         known = {t._trial_id for t in self._ot_trials.values()}
         finished = 0
         for t in self._ot_study.get_trials(deepcopy=False):
@@ -193,11 +224,28 @@ class SweepOptunaSearch(ValidOptunaSearch):
                 self._ot_study.tell(t.number, state=S.FAIL)
                 self._ot_study.enqueue_trial(t.params, user_attrs={ADOPTS_ATTR: t.number},
                                              skip_if_exists=False)
-                log.info("Optuna trial %s was asked for but never reached Tune's saved state: "
-                         "its parameters run as the next trial", t.number)
+                log.warning("Optuna trial %s was asked for but never reached Tune's saved state: "
+                            "its parameters run as the next trial", t.number)
             elif t.state in (S.COMPLETE, S.PRUNED):
                 finished += 1
         self._finished_orphans = finished
+
+    def _follow_tune(self, tune_trials: dict[str, str]) -> None:
+        """Make the Optuna trials this searcher holds those of Tune's restored trials: one
+        Tune restored but the saved searcher state missed is taken back; one the state holds
+        but Tune did not restore is let go (it is then an orphan)."""
+        for tid in [tid for tid in self._ot_trials if tid not in tune_trials]:
+            self._ot_trials.pop(tid)
+            self._open.pop(tid, None)
+            self._running.pop(tid, None)
+        for t in self._ot_study.get_trials(deepcopy=False):
+            tid = t.user_attrs.get(TUNE_TRIAL_ATTR)
+            if (t.user_attrs.get(SEGMENT_ATTR) == self._segment and tid in tune_trials
+                    and tid not in self._ot_trials and "bst.rerun_of" not in t.user_attrs
+                    and ORPHAN_ATTR not in t.user_attrs):
+                self._ot_trials[tid] = optuna.trial.Trial(self._ot_study, t._trial_id)
+                log.warning("Tune trial %s was restored without the searcher state that asked for "
+                            "it: it keeps its Optuna trial %s", tid, t.number)
 
     def _is_open(self, trial_id: str) -> bool:
         if trial_id not in self._open:
@@ -217,6 +265,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric not in result or result.get("trial_status") == "complete":
             return  # the last result's value is the trial's value (on_trial_complete)
+        self._ensure_adopted()
         if trial_id in self._ot_trials:  # written when the trial ends (module docstring)
             step = int(result["training_iteration"])
             self._running.setdefault(trial_id, {})[step] = float(result[self.metric])
@@ -230,7 +279,10 @@ class SweepOptunaSearch(ValidOptunaSearch):
                 return
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials or not STOPS.may_write():
+        if not STOPS.may_write():
+            return
+        self._ensure_adopted()
+        if trial_id not in self._ot_trials:
             return
         state, value = outcome(result, self.metric, error)
         S = optuna.trial.TrialState
@@ -253,3 +305,26 @@ class SweepOptunaSearch(ValidOptunaSearch):
                 log.info("trial %s re-run after FAIL: its outcome is Optuna trial %s", trial_id, state.name)
         self._running.pop(trial_id, None)
         self._completed_trials.add(trial_id)
+
+
+class SweepLimiter(ConcurrencyLimiter):
+    """Ray's ``ConcurrencyLimiter``, whose running trials after a restore are Tune's restored
+    unfinished trials (not its own saved set, which can be older or newer), and which passes
+    every ended trial to the searcher (Ray's drops one it does not hold)."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._synced = False
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not getattr(self, "_synced", False) and _TUNE_TRIALS is not None:
+            self.live_trials = {tid for tid, status in _TUNE_TRIALS.items() if status not in _ENDED}
+            self.num_unfinished_live_trials = len(self.live_trials)
+            self._synced = True
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)

@@ -10,7 +10,9 @@ Optuna trials. These run with ``make test-cluster`` (each takes one to three min
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -214,12 +216,15 @@ def check_sweep(c: ch.Cluster, experiment: str, n: int, dev_ids: list[str],
     assert len(names) == 1, f"no single Optuna study for sweep {sweep}: {names}"
     study = optuna.load_study(study_name=names.pop(), storage=c.db_url("optuna"))
     states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
+    seen = [(t.number, t.state.name, {k: v for k, v in t.user_attrs.items() if k != "bst.invalid"})
+            for t in trials]
     if orphans_fail:
-        assert states.get("COMPLETE") == n and set(states) <= {"COMPLETE", "FAIL"}, states
+        assert states.get("COMPLETE") == n and set(states) <= {"COMPLETE", "FAIL"}, (states, seen)
     else:
-        assert states == {"COMPLETE": n}, states
+        assert states == {"COMPLETE": n}, (states, seen)
     return {"runs": len(every), "finished": len(runs), "nodes": len(set(tags)), "sweep": sweep}
 
 
@@ -279,18 +284,45 @@ def test_sweep_survives_the_loss_of_a_worker_node(cluster: ch.Cluster, tiny_data
           f"retries {retries}, wall {wall:.0f}s (cluster start excluded), 0 lost, {figures}")
 
 
+def _tune_state(c: ch.Cluster, experiment: str) -> dict[str, str]:
+    """The S3 keys of the Tune experiment's own files, by kind: its trial list
+    (``experiment_state``) and its searcher's state (``searcher-state``, ``search_gen_state``),
+    which Tune saves side by side and uploads one by one."""
+    found = {}
+    for key in c.s3_keys(f"tune/{experiment}"):
+        m = re.search(r"/(experiment_state|searcher-state|search_gen_state)-[^/]+$", key)
+        if m and key.count("/") == 2:
+            found[m.group(1)] = key
+    return found
+
+
+def _tune_trials_in_s3(c: ch.Cluster, experiment: str) -> int:
+    key = _tune_state(c, experiment).get("experiment_state")
+    return len(json.loads(c.s3_get(key))["trial_data"]) if key else 0
+
+
 def test_sweep_resumes_on_a_new_head_from_shared_state(cluster: ch.Cluster, tiny_data, tmp_path) -> None:
     """Driver and head die; a new head (new temp dir, new workers) resumes from S3 + PostgreSQL
     only: the new driver gets a fresh work dir, nothing of the old head's disk. Exactly
     N_TRIALS trials: an Optuna trial asked for after Tune's state last reached S3 is adopted
     (left RUNNING: told FAIL, its parameters run again; finished: it counts), never sampled
-    anew."""
+    anew. The searcher's state in S3 is set back to its first upload, older than the trial
+    list, as a head lost between Tune's uploads leaves it: the trials Tune restores keep their
+    Optuna trials (none runs twice, each outcome reaches Optuna)."""
     c = cluster
     first = Sweep(c, tiny_data, "headloss", tmp_path / "driver-a").start()
-    ch.wait_for("two finished trials", lambda: (assert_alive(first)
-                                                and len(_runs(c, "headloss", "FINISHED")) >= 2), 600)
+    keys = ch.wait_for("the searcher's first state in S3", lambda: (
+        assert_alive(first) and {"searcher-state", "search_gen_state"} <= set(_tune_state(c, "headloss"))
+        and _tune_state(c, "headloss")), 600)
+    stale = {kind: c.s3_get(key) for kind, key in keys.items() if kind != "experiment_state"}
+    stale_trials = len(pickle.loads(stale["searcher-state"])["_ot_trial_ids"])
+    ch.wait_for("two finished trials and a newer trial list", lambda: (
+        assert_alive(first) and len(_runs(c, "headloss", "FINISHED")) >= 2
+        and _tune_trials_in_s3(c, "headloss") > stale_trials), 600)
     before = {r.data.tags["bst.trial_id"]: r.info.run_id for r in _runs(c, "headloss", "FINISHED")}
     first.kill()
+    for kind, body in stale.items():  # the trial list stays the newest
+        c.s3_put(_tune_state(c, "headloss")[kind], body)
     for name in ("head", "w1", "w2"):  # the head, and the workers that belonged to it
         c.kill_node(name)  # (c.nodes keeps them: trials that finished there carry their ids)
     old_ids = set(before)
@@ -299,7 +331,8 @@ def test_sweep_resumes_on_a_new_head_from_shared_state(cluster: ch.Cluster, tiny
     c.add_worker("w3")
     assert c.alive_nodes() == 2
     second = Sweep(c, tiny_data, "headloss", tmp_path / "driver-b").start("--resume")
-    second.wait()
+    out = second.wait()
+    assert "restored without the searcher state that asked for it" in out
     runs = {r.data.tags["bst.trial_id"]: r.info.run_id for r in _runs(c, "headloss", "FINISHED")}
     for trial_id in old_ids:  # finished trials were not run again
         assert runs[trial_id] == before[trial_id]

@@ -168,3 +168,87 @@ def test_a_restored_segment_adopts_orphans_and_runs_exactly_its_trials(tmp_path)
     assert by_tune["t4"].user_attrs["bst.segment"] == "seg-1"
     assert again.suggest("t5") is not None  # t1, t3 (finished, unknown), t4, t5: 4 trials
     assert again.suggest("t6") == Searcher.FINISHED
+
+
+def _restored(url: str, tmp_path, tune_trials: dict[str, str]) -> SweepOptunaSearch:
+    """The searcher a resumed driver restores from ``searcher.pkl``, after Tune's first step
+    reported ``tune_trials`` (the trial list Tune restored, from its own state file)."""
+    from types import SimpleNamespace
+
+    seen = optuna_searcher.TuneTrials()
+    seen.setup()
+    seen.on_step_begin(iteration=0, trials=[SimpleNamespace(trial_id=t, status=s)
+                                            for t, s in tune_trials.items()])
+    again = _searcher(url)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    return again
+
+
+def _two_trials(tmp_path, n_trials: int, saved_after: int) -> tuple[str, dict]:
+    """A segment's searcher asks for t1 and t2 and saves its state after the first
+    ``saved_after`` of them; returns the study's URL and t2's parameters."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna_searcher.use_storage(url)
+    first = SweepOptunaSearch(space=_space, metric="oof_hF", mode="max", study_name="exp",
+                              segment="seg-1", n_trials=n_trials,
+                              storage=optuna_searcher.storage_from_env(),
+                              sampler=optuna.samplers.TPESampler(seed=0))
+    params = {}
+    for i, tid in enumerate(("t1", "t2"), 1):
+        params[tid] = first.suggest(tid)
+        if i == saved_after:
+            first.save(str(tmp_path / "searcher.pkl"))
+    return url, params["t2"]
+
+
+def _by_tune(url: str) -> dict[str, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="exp", storage=url)
+    return {t.user_attrs["bst.tune_trial_id"]: t for t in study.trials if "bst.tune_trial_id" in t.user_attrs}
+
+
+@pytest.fixture
+def _no_tune_trials():
+    yield
+    optuna_searcher.TuneTrials().setup()  # later tests restore without a Tune run
+
+
+def test_a_trial_tune_restored_but_the_saved_searcher_missed_keeps_its_optuna_trial(tmp_path, _no_tune_trials):
+    """Tune's trial list reached the storage after the searcher state did: Tune restores t2,
+    which the saved searcher never saw. t2 is no orphan: it keeps its Optuna trial, its
+    parameters do not run twice, and its outcome reaches Optuna."""
+    from ray.tune.search import Searcher
+
+    url, _ = _two_trials(tmp_path, n_trials=3, saved_after=1)
+    again = _restored(url, tmp_path, {"t1": "PENDING", "t2": "PENDING"})
+    assert again.suggest("t3") is not None
+    again.on_trial_complete("t2", {"oof_hF": 0.7, "trial_status": "complete"})
+    by_tune = _by_tune(url)
+    assert (by_tune["t2"].state, by_tune["t2"].value) == (S.COMPLETE, 0.7)
+    assert "bst.orphan" not in by_tune["t2"].user_attrs  # t3 is a new sample, not t2 again
+    assert not any("bst.adopts" in t.user_attrs for t in by_tune.values())
+    assert again.suggest("t4") == Searcher.FINISHED  # t1, t2, t3: the segment's 3 trials
+
+
+def test_a_trial_the_saved_searcher_holds_but_tune_did_not_restore_is_an_orphan(tmp_path, _no_tune_trials):
+    """The searcher state reached the storage after Tune's trial list: it holds t2, which
+    Tune does not restore. t2 is an orphan: told FAIL, its parameters run as the next trial."""
+    url, t2_params = _two_trials(tmp_path, n_trials=3, saved_after=2)
+    again = _restored(url, tmp_path, {"t1": "PENDING"})
+    assert again.suggest("t3") == t2_params
+    by_tune = _by_tune(url)
+    assert by_tune["t2"].state == S.FAIL and by_tune["t2"].user_attrs["bst.orphan"]
+    assert by_tune["t3"].user_attrs["bst.adopts"] == by_tune["t2"].number
+
+
+def test_the_concurrency_limit_follows_the_trials_tune_restored(tmp_path, _no_tune_trials):
+    """The limiter's saved running set can miss a restored trial: it counts Tune's unfinished
+    trials instead, and passes the end of a trial it never counted to the searcher."""
+    url, _ = _two_trials(tmp_path, n_trials=4, saved_after=1)
+    again = _restored(url, tmp_path, {"t1": "TERMINATED", "t2": "PENDING"})
+    limiter = optuna_searcher.SweepLimiter(again, max_concurrent=1)
+    limiter.set_state({"live_trials": set(), "num_unfinished_live_trials": 0})  # the stale set
+    assert limiter.suggest("t3") is None  # t2 runs: no room for another
+    limiter.on_trial_complete("t2", {"oof_hF": 0.6, "trial_status": "complete"})
+    by_tune = _by_tune(url)
+    assert (by_tune["t2"].state, by_tune["t2"].value) == (S.COMPLETE, 0.6)
+    assert limiter.suggest("t4") is not None  # t2 ended: room again
