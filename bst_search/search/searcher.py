@@ -21,7 +21,9 @@ What Optuna is told, so that it learns only from the objective:
   adopted at the first suggestion: left RUNNING, it is told FAIL (``bst.orphan``) and its
   parameters are enqueued, so the next new trial runs them instead of a new sample; finished,
   it takes the place of a new trial (the experiment's ``n_trials`` count it). A resumed sweep
-  thus runs exactly ``--trials`` trials.
+  thus runs exactly ``--trials`` trials. A RUNNING trial that names no Tune trial (the driver
+  died between Optuna's ask and naming it) is told FAIL; an orphan's re-run among them is
+  enqueued again.
 
 Tune saves its trial list and the searcher's state as separate files and uploads them one by
 one, so a head lost mid-upload can leave a searcher state older or newer than the trial list
@@ -215,20 +217,35 @@ class SweepOptunaSearch(ValidOptunaSearch):
             self._follow_tune(_TUNE_TRIALS)
         known = {t._trial_id for t in self._ot_trials.values()}
         finished = 0
-        for t in self._ot_study.get_trials(deepcopy=False):
+        trials = self._ot_study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        for t in trials:
+            if t.state == S.RUNNING and TUNE_TRIAL_ATTR not in t.user_attrs:
+                # asked for by a driver that died before it named the Tune trial (the lease
+                # makes this driver the study's only writer): no Tune trial ever ran it
+                self._fail_orphan(t, by_number.get(t.user_attrs.get(ADOPTS_ATTR)))
+                continue
             if (t.user_attrs.get(SEGMENT_ATTR) != self._segment or t._trial_id in known
-                    or TUNE_TRIAL_ATTR not in t.user_attrs or "bst.rerun_of" in t.user_attrs):
+                    or "bst.rerun_of" in t.user_attrs):
                 continue
             if t.state == S.RUNNING:
-                self._ot_study._storage.set_trial_user_attr(t._trial_id, ORPHAN_ATTR, True)
-                self._ot_study.tell(t.number, state=S.FAIL)
-                self._ot_study.enqueue_trial(t.params, user_attrs={ADOPTS_ATTR: t.number},
-                                             skip_if_exists=False)
-                log.warning("Optuna trial %s was asked for but never reached Tune's saved state: "
-                            "its parameters run as the next trial", t.number)
+                self._fail_orphan(t, t)
             elif t.state in (S.COMPLETE, S.PRUNED):
                 finished += 1
         self._finished_orphans = finished
+
+    def _fail_orphan(self, t: optuna.trial.FrozenTrial, again: optuna.trial.FrozenTrial | None) -> None:
+        """Tell orphan ``t`` FAIL; the parameters of ``again`` (``t`` itself, or the orphan an
+        enqueued ``t`` was to run again) run as the next trial."""
+        self._ot_study._storage.set_trial_user_attr(t._trial_id, ORPHAN_ATTR, True)
+        self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if again is None:
+            log.warning("Optuna trial %s was asked for but never named a Tune trial: told FAIL", t.number)
+            return
+        self._ot_study.enqueue_trial(again.params, user_attrs={ADOPTS_ATTR: again.number},
+                                     skip_if_exists=False)
+        log.warning("Optuna trial %s was asked for but never reached Tune's saved state: "
+                    "the parameters of trial %s run as the next trial", t.number, again.number)
 
     def _follow_tune(self, tune_trials: dict[str, str]) -> None:
         """Make the Optuna trials this searcher holds those of Tune's restored trials: one

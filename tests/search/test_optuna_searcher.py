@@ -252,3 +252,25 @@ def test_the_concurrency_limit_follows_the_trials_tune_restored(tmp_path, _no_tu
     by_tune = _by_tune(url)
     assert (by_tune["t2"].state, by_tune["t2"].value) == (S.COMPLETE, 0.6)
     assert limiter.suggest("t4") is not None  # t2 ended: room again
+
+
+def test_a_trial_asked_for_but_never_named_is_told_fail_and_an_adoption_runs_again(tmp_path, _no_tune_trials):
+    """A driver died between Optuna's ask and naming the Tune trial: such a trial would stay
+    RUNNING for ever. The next driver tells it FAIL; when it was the re-run of an orphan, that
+    orphan's parameters are enqueued again, and nothing else is."""
+    url, t2_params = _two_trials(tmp_path, n_trials=4, saved_after=1)
+    study = optuna.load_study(study_name="exp", storage=url)
+    t2 = _by_tune(url)["t2"]
+    study.tell(t2.number, state=S.FAIL)  # an orphan a driver adopted, and then
+    study.enqueue_trial(t2.params, user_attrs={"bst.adopts": t2.number}, skip_if_exists=False)
+    adoption = study.ask()  # died just after asking for its re-run
+    sampled = study.ask()  # or after asking for a new sample
+
+    again = _restored(url, tmp_path, {"t1": "PENDING"})
+    assert again.suggest("t3") == t2_params
+    trials = optuna.load_study(study_name="exp", storage=url).trials
+    for unnamed in (adoption, sampled):
+        assert trials[unnamed.number].state == S.FAIL and trials[unnamed.number].user_attrs["bst.orphan"]
+    assert not any(t.state == S.WAITING for t in trials)  # enqueued once, and t3 took it
+    t3 = _by_tune(url)["t3"]
+    assert t3.user_attrs["bst.adopts"] == t2.number and t3.state == S.RUNNING
