@@ -373,7 +373,7 @@ def test_image_matches_local_ray() -> None:
 
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert f"ARG RAY_VERSION={ray.__version__}" in dockerfile
-    assert re.search(r'^RUN pip install "?\.\[extract\]', dockerfile, re.M)
+    assert re.search(r'^RUN pip install "?\.\[extract,auth\]', dockerfile, re.M)
     assert "rsync" in dockerfile
 
 
