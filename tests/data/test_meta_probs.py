@@ -226,7 +226,7 @@ def test_computed_once_per_fold_and_meta_keys(dev: Dataset, isolated_cache: Path
     again = mp.fold_meta_probs(other_trial, dev, fold, 0)
     assert calls == [1] and not first.cache_hit and again.cache_hit
     assert np.array_equal(first.dev, again.dev)
-    assert not mp.fold_meta_probs(_cfg(**{"meta.C": 1.0}), dev, fold, 0).cache_hit
+    assert not mp.fold_meta_probs(_cfg(**{"meta.C": 3.0}), dev, fold, 0).cache_hit
     assert not mp.fold_meta_probs(_cfg(), dev, fold, 1).cache_hit
     for entry in isolated_cache.glob("meta_probs-tfidf_lr-fold0-*.npz"):
         entry.write_bytes(b"damaged")
