@@ -213,11 +213,11 @@ class SweepOptunaSearch(ValidOptunaSearch):
         if self._segment is None:
             return
         S = optuna.trial.TrialState
+        trials = self._ot_study.get_trials(deepcopy=False)
         if _TUNE_TRIALS is not None:
-            self._follow_tune(_TUNE_TRIALS)
+            self._follow_tune(_TUNE_TRIALS, trials)
         known = {t._trial_id for t in self._ot_trials.values()}
         finished = 0
-        trials = self._ot_study.get_trials(deepcopy=False)
         by_number = {t.number: t for t in trials}
         for t in trials:
             if t.state == S.RUNNING and TUNE_TRIAL_ATTR not in t.user_attrs:
@@ -247,7 +247,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
         log.warning("Optuna trial %s was asked for but never reached Tune's saved state: "
                     "the parameters of trial %s run as the next trial", t.number, again.number)
 
-    def _follow_tune(self, tune_trials: dict[str, str]) -> None:
+    def _follow_tune(self, tune_trials: dict[str, str], trials: list[optuna.trial.FrozenTrial]) -> None:
         """Make the Optuna trials this searcher holds those of Tune's restored trials: one
         Tune restored but the saved searcher state missed is taken back; one the state holds
         but Tune did not restore is let go (it is then an orphan)."""
@@ -255,7 +255,7 @@ class SweepOptunaSearch(ValidOptunaSearch):
             self._ot_trials.pop(tid)
             self._open.pop(tid, None)
             self._running.pop(tid, None)
-        for t in self._ot_study.get_trials(deepcopy=False):
+        for t in trials:
             tid = t.user_attrs.get(TUNE_TRIAL_ATTR)
             if (t.user_attrs.get(SEGMENT_ATTR) == self._segment and tid in tune_trials
                     and tid not in self._ot_trials and "bst.rerun_of" not in t.user_attrs
@@ -329,12 +329,16 @@ class SweepLimiter(ConcurrencyLimiter):
     unfinished trials (not its own saved set, which can be older or newer), and which passes
     every ended trial to the searcher (Ray's drops one it does not hold)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synced = False
+
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self._synced = False
 
     def suggest(self, trial_id: str) -> dict | None:
-        if not getattr(self, "_synced", False) and _TUNE_TRIALS is not None:
+        if not self._synced and _TUNE_TRIALS is not None:
             self.live_trials = {tid for tid, status in _TUNE_TRIALS.items() if status not in _ENDED}
             self.num_unfinished_live_trials = len(self.live_trials)
             self._synced = True

@@ -312,17 +312,17 @@ def test_sweep_resumes_on_a_new_head_from_shared_state(cluster: ch.Cluster, tiny
     c = cluster
     first = Sweep(c, tiny_data, "headloss", tmp_path / "driver-a").start()
     keys = ch.wait_for("the searcher's first state in S3", lambda: (
-        assert_alive(first) and {"searcher-state", "search_gen_state"} <= set(_tune_state(c, "headloss"))
-        and _tune_state(c, "headloss")), 600)
-    stale = {kind: c.s3_get(key) for kind, key in keys.items() if kind != "experiment_state"}
-    stale_trials = len(pickle.loads(stale["searcher-state"])["_ot_trial_ids"])
+        assert_alive(first) and (found := _tune_state(c, "headloss"))
+        and {"searcher-state", "search_gen_state"} <= set(found) and found), 600)
+    stale = {keys[kind]: c.s3_get(keys[kind]) for kind in ("searcher-state", "search_gen_state")}
+    stale_trials = len(pickle.loads(stale[keys["searcher-state"]])["_ot_trial_ids"])
     ch.wait_for("two finished trials and a newer trial list", lambda: (
         assert_alive(first) and len(_runs(c, "headloss", "FINISHED")) >= 2
         and _tune_trials_in_s3(c, "headloss") > stale_trials), 600)
     before = {r.data.tags["bst.trial_id"]: r.info.run_id for r in _runs(c, "headloss", "FINISHED")}
     first.kill()
-    for kind, body in stale.items():  # the trial list stays the newest
-        c.s3_put(_tune_state(c, "headloss")[kind], body)
+    for key, body in stale.items():  # the same keys (one Tune session); the trial list stays the newest
+        c.s3_put(key, body)
     for name in ("head", "w1", "w2"):  # the head, and the workers that belonged to it
         c.kill_node(name)  # (c.nodes keeps them: trials that finished there carry their ids)
     old_ids = set(before)
